@@ -1,0 +1,234 @@
+"""Settings: frozen pydantic-settings models read from a YAML file, overridden by ``INGESTOR_*`` variables.
+
+``INGESTOR_KAFKA__BOOTSTRAP_SERVERS=host:9092`` overrides ``kafka.bootstrap_servers``; lists such as ``routes`` take
+JSON. Relative paths in the file (route schemas) are resolved against the file's folder. Any error names the setting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ingestor.errors import ConfigError
+from ingestor.schema import DatasetKind, DatasetSchema
+
+_ARN_RE = re.compile(r"^arn:[a-z\d-]+:personalize:[^:]*:[^:]*:dataset/(?P<group>[^/]+)/(?P<kind>[A-Z_]+)$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "personalize-ingestor"
+    dead_letter_topic: str = "personalize-ingestor-dlq"
+    client_id: str = "personalize-ingestor"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    rebalance_timeout_ms: int = Field(30_000, ge=1_000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    fetch_max_records: int = Field(1_000, ge=1, description="records one getmany() may return")
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    commit_interval_s: float = Field(1.0, gt=0)
+    commit_timeout_s: float = Field(10.0, gt=0)
+    dlq_timeout_s: float = Field(30.0, gt=0, description="how long a dead-letter write may take before it is retried")
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+
+class RetrySettings(_Frozen):
+    max_attempts: int = Field(10, ge=1, description="attempts per call before the records count as exhausted")
+    max_time_s: float = Field(300.0, gt=0, description="time budget per record from its first attempt")
+    base_delay_s: float = Field(0.1, gt=0)
+    max_delay_s: float = Field(20.0, gt=0)
+    on_exhausted: Literal["block", "dead_letter"] = "block"
+
+
+class PersonalizeSettings(_Frozen):
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    max_in_flight: int = Field(16, ge=1, le=256)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    rate_limits: dict[str, float] = Field(
+        default_factory=lambda: {"PutItems": 10.0, "PutUsers": 10.0, "PutEvents": 1000.0},
+        description="calls per second per dataset group and API, shared by all replicas",
+    )
+    retry: RetrySettings = RetrySettings()
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_apis(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - {"PutItems", "PutUsers", "PutEvents"}
+        if unknown:
+            raise ValueError(f"unknown API {sorted(unknown)}; use PutItems, PutUsers or PutEvents")
+        if any(v <= 0 for v in value.values()):
+            raise ValueError("rate limits must be positive calls per second")
+        return value
+
+
+class Route(_Frozen):
+    topic: str = Field(min_length=1)
+    kind: Literal["items", "users"]
+    dataset_arn: str
+    schema_path: Path = Field(alias="schema")
+    format: Literal["auto", "api", "flat", "debezium"] = "auto"
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("dataset_arn")
+    @classmethod
+    def _arn_shape(cls, value: str) -> str:
+        if not _ARN_RE.match(value):
+            raise ValueError(
+                "expected arn:aws:personalize:REGION:ACCOUNT:dataset/DATASET_GROUP/ITEMS (or /USERS), got "
+                + repr(value)
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _schema_loads(self) -> Route:
+        # Fails at start-up, naming the file, if the schema is missing or not a Personalize schema.
+        try:
+            self.load_schema()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def dataset_kind(self) -> DatasetKind:
+        return DatasetKind(self.kind.upper())
+
+    @property
+    def dataset_group(self) -> str:
+        match = _ARN_RE.match(self.dataset_arn)
+        assert match is not None
+        return match["group"]
+
+    @property
+    def api(self) -> str:
+        return "PutItems" if self.kind == "items" else "PutUsers"
+
+    def load_schema(self) -> DatasetSchema:
+        return DatasetSchema.load(self.schema_path, self.dataset_kind)
+
+
+class BatchingSettings(_Frozen):
+    max_records: int = Field(10, ge=1, le=10, description="records per PutItems/PutUsers call (the API allows 10)")
+    linger_ms: int = Field(50, ge=0)
+    max_buffered_records: int = Field(20_000, ge=10, description="above this, the busiest partitions are paused")
+
+
+class MetricsSettings(_Frozen):
+    host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint in a pod must listen on all interfaces
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class LoggingSettings(_Frozen):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ShutdownSettings(_Frozen):
+    drain_budget_s: float = Field(20.0, gt=0, description="time to finish in-flight work on SIGTERM or revocation")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix="INGESTOR_", env_nested_delimiter="__", case_sensitive=False
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    personalize: PersonalizeSettings = PersonalizeSettings()
+    routes: tuple[Route, ...] = Field(min_length=1)
+    batching: BatchingSettings = BatchingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings, file_secret_settings)
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> Settings:
+        topics = [r.topic for r in self.routes]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"routes: each topic may appear in one route only, got {topics}")
+        if self.kafka.dead_letter_topic in topics:
+            raise ValueError("kafka.dead_letter_topic must not be one of the route topics")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, **overrides: Any) -> Settings:
+        """Read the YAML file (if any), resolve relative paths against it, apply env overrides, validate."""
+        data: dict[str, Any] = {}
+        where = "environment"
+        if path is not None:
+            path = Path(path)
+            where = str(path)
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ConfigError(f"config file {path}: cannot be read ({exc.strerror}); pass --config FILE") from exc
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+            data = _resolve_paths(loaded or {}, path.parent.resolve())
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    routes = data.get("routes")
+    if isinstance(routes, list):
+        data["routes"] = [
+            {**r, "schema": str(base / r["schema"])}
+            if isinstance(r, dict) and isinstance(r.get("schema"), str) and not Path(r["schema"]).is_absolute()
+            else r
+            for r in routes
+        ]
+    return data
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration ({where}):"]
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        env = "INGESTOR_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
+        lines.append(f"  {loc}: {msg}  (set it in the YAML file or as {env})")
+    return "\n".join(lines)
