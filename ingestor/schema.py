@@ -173,13 +173,16 @@ class DatasetSchema:
         return problems
 
     def normalize(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Map column names or camelCase keys to the request's camelCase keys, coercing values; raise on mismatch."""
+        """Map column names (any case) or camelCase keys to the request's camelCase keys, coercing values.
+
+        Raises SchemaError listing every problem found.
+        """
         lookup: dict[str, FieldSpec] = self._lookup  # type: ignore[attr-defined]
         out: dict[str, Any] = {}
         problems: list[str] = []
         seen: dict[str, str] = {}
         for key, value in fields.items():
-            spec = lookup.get(key)
+            spec = lookup.get(key) or lookup.get(camel_case(key))
             if spec is None:
                 problems.append(f"unknown field {key!r} (the schema has {[s.name for s in self.fields]})")
                 continue

@@ -50,3 +50,48 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------- the local Personalize Events endpoint
+# (imports are local to the fixtures so this block can stay appended at the end of the file)
+
+
+@pytest.fixture
+def emulator_config() -> Any:
+    """config/emulator.yaml with quotas off, no faults and a fixed seed. Derive variants with ``.updated(...)``."""
+    from pathlib import Path
+
+    from ingestor.emulator import EmulatorConfig, FaultConfig
+
+    path = Path(__file__).resolve().parents[1] / "config" / "emulator.yaml"
+    return EmulatorConfig.load(path, quotas={"enabled": False}, faults=FaultConfig(), seed=1234)
+
+
+@pytest.fixture
+async def start_emulator(emulator_config: Any) -> Any:
+    """Factory for in-process emulators, all stopped at teardown.
+
+    ``emu = await start_emulator(quotas={"enabled": True}, faults={"fail_rate": 1.0}, clock=lambda: 0.0)``;
+    keyword sections merge into ``emulator_config`` (or into ``config=...``). ``emu.url`` is the SDK's
+    endpoint_url, ``emu.client`` an EmulatorClient, ``emu.service`` the in-process EmulatorService.
+    """
+    from contextlib import AsyncExitStack
+
+    from ingestor.emulator import running_emulator
+
+    async with AsyncExitStack() as stack:
+
+        async def start(config: Any = None, *, clock: Any = None, **overrides: Any) -> Any:
+            cfg = config or emulator_config
+            if overrides:
+                cfg = cfg.updated(**overrides)
+            options = {"clock": clock} if clock is not None else {}
+            return await stack.enter_async_context(running_emulator(cfg, **options))
+
+        yield start
+
+
+@pytest.fixture
+async def emulator(start_emulator: Any) -> Any:
+    """A running emulator (quotas off, no faults) with ``.url`` and ``.client``."""
+    return await start_emulator()

@@ -1,0 +1,225 @@
+"""``ingestor run``: builds the service from its settings, starts and stops it in order, maps outcomes to exit codes.
+
+Start: health server → Personalize client → DLQ producer → pipeline dispatchers → consumer (joins the group).
+Stop (SIGTERM/SIGINT, a fatal route, or a bug): stop fetching → drain buffered and in-flight work within
+``shutdown.drain_budget_s`` → flush the DLQ producer → final commit → leave the group → close clients.
+Exit codes: 0 after a signal, 3 after a fatal route error, 1 after an unexpected failure, 2 for bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from ingestor.config import Settings
+from ingestor.errors import ConfigError
+from ingestor.health import HealthServer
+from ingestor.logs import configure_logging
+from ingestor.metrics import Metrics
+from ingestor.pipeline import Pipeline
+from ingestor.sender import Sender
+from ingestor.source import KafkaSource, kafka_security_kwargs
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
+COMMIT_STALL_S = 300.0  # /healthz fails when records are pending and no commit advanced for this long
+
+
+def personalize_client(settings: Settings) -> Any:
+    """One client for the service's lifetime; botocore does not retry (our retries pass the rate limiter)."""
+    p = settings.personalize
+    session = aioboto3.Session(
+        region_name=p.region,
+        aws_access_key_id=p.aws_access_key_id.get_secret_value() if p.aws_access_key_id else None,
+        aws_secret_access_key=p.aws_secret_access_key.get_secret_value() if p.aws_secret_access_key else None,
+    )
+    config = AioConfig(
+        max_pool_connections=p.max_in_flight,
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=p.connect_timeout_s,
+        read_timeout=p.read_timeout_s,
+    )
+    return session.client("personalize-events", endpoint_url=p.endpoint_url, config=config)
+
+
+class Service:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.stop_requested = asyncio.Event()
+        self.pipeline: Pipeline | None = None
+        self.source: KafkaSource | None = None
+        self.health: HealthServer | None = None
+        self._progress_at = time.monotonic()
+        self._last_committed: dict[Any, int] = {}
+
+    # ------------------------------------------------------------------ health
+
+    def ready(self) -> str | None:
+        if self.pipeline is None or self.source is None:
+            return "starting"
+        if (fatal := self.pipeline.fatal) is not None:
+            return f"fatal: {fatal}"
+        if self.pipeline.failure is not None:
+            return f"failed: {self.pipeline.failure!r}"
+        if self.stop_requested.is_set():
+            return "stopping"
+        if not self.source.joined:
+            return "not yet joined the consumer group"
+        last = self.source.last_fetch_ok
+        if last is None or time.monotonic() - last > 30:
+            return "no fetch from the broker in the last 30s"
+        if self.pipeline.stalled:
+            return f"retry budget spent: {self.pipeline.stalled}"
+        return None
+
+    def live(self) -> str | None:
+        if self.pipeline is None:
+            return None
+        if self.pipeline.buffered == 0:
+            self._progress_at = time.monotonic()
+            return None
+        stalled_for = time.monotonic() - self._progress_at
+        if stalled_for > COMMIT_STALL_S:
+            return f"{self.pipeline.buffered} records pending and no commit advanced for {stalled_for:.0f}s"
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        s = self.settings
+        self.health = HealthServer(
+            self.metrics.registry, s.metrics.host, s.metrics.port, live=self.live, ready=self.ready
+        )
+        await self.health.start()
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready() is None else 0.0)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka.bootstrap_servers,
+            client_id=f"{s.kafka.client_id}-dlq",
+            acks="all",
+            request_timeout_ms=s.kafka.request_timeout_ms,
+            **kafka_security_kwargs(s),
+        )
+        try:
+            async with personalize_client(s) as client:
+                await producer.start()
+                try:
+                    return await self._serve(client, producer)
+                finally:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(10):
+                            await producer.stop()
+        finally:
+            await self.health.stop()
+
+    async def _serve(self, client: Any, producer: AIOKafkaProducer) -> int:
+        s = self.settings
+        pipeline = self.pipeline = Pipeline(
+            s, Sender(client, self.metrics, s.personalize.retry), producer, self.metrics
+        )
+        pipeline.on_failure = self.stop_requested.set
+        source = self.source = KafkaSource(s, pipeline, self.metrics)
+        await source.start()
+        pipeline.start()
+        fetch = asyncio.create_task(source.run(), name="fetch")
+        commits = asyncio.create_task(self._commit_loop(source), name="commit")
+        stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
+        log.info("ingestor started: topics %s, group %s", pipeline.topics, s.kafka.group_id)
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            source.stop_fetching()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.gather(fetch, return_exceptions=True)
+            fetch_error = fetch.exception() if fetch.done() and not fetch.cancelled() else None
+            if fetch_error is not None:
+                log.error("the fetch loop failed: %r", fetch_error, exc_info=fetch_error)
+            budget = s.shutdown.drain_budget_s
+            started = time.monotonic()
+            drained = await pipeline.drain(budget)
+            flushed = await pipeline.dlq.flush(max(0.1, budget - (time.monotonic() - started)))
+            commits.cancel()
+            await asyncio.gather(commits, return_exceptions=True)
+            final = await source.commit()
+            log.info(
+                "stopping: drained=%s dlq_flushed=%s, left pending=%d, final commit %s",
+                drained,
+                flushed,
+                pipeline.buffered,
+                {str(tp): off for tp, off in final.items()},
+            )
+            await pipeline.stop()
+            await source.stop()
+        if pipeline.fatal is not None:
+            log.error("exiting after a fatal error: %s", pipeline.fatal)
+            return EXIT_FATAL
+        if pipeline.failure is not None or fetch_error is not None:
+            return EXIT_FAILURE
+        return EXIT_OK
+
+    async def _commit_loop(self, source: KafkaSource) -> None:
+        while True:
+            await asyncio.sleep(self.settings.kafka.commit_interval_s)
+            if await source.commit():
+                self._progress_at = time.monotonic()
+            source.update_lag()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s: draining (budget %.0fs)", sig.name, self.settings.shutdown.drain_budget_s)
+        self.stop_requested.set()
+
+
+async def serve(settings: Settings) -> int:
+    service = Service(settings)
+    service.install_signal_handlers()
+    return await service.run()
+
+
+def run_async(coro: Any) -> Any:
+    """Run on uvloop where available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("INGESTOR_CONFIG"),
+        help="YAML config file (default: $INGESTOR_CONFIG); every key can be overridden by INGESTOR_<SECTION>__<KEY>",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.load(args.config)
+    except ConfigError as exc:
+        print(f"ingestor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.logging.level, settings.logging.format)
+    return int(run_async(serve(settings)))

@@ -1,0 +1,131 @@
+"""The dead-letter topic: every record that cannot be delivered, with its original bytes and the reason.
+
+A dead-lettered record is done only once the broker acknowledged it: ``on_done`` is called then, never before.
+A failed write is retried until it succeeds or the service stops (then the record stays uncommitted and is read
+again after a restart: nothing is dropped). A value too large for the producer is truncated, and the header
+``ingestor.value.truncated`` gives the original length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from ingestor.metrics import Metrics
+from ingestor.model import SourceRecord
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_CHARS = 2000
+TRUNCATED_VALUE_BYTES = 64 * 1024
+H_STAGE = "ingestor.error.stage"
+H_REASON = "ingestor.error.reason"
+H_CLASS = "ingestor.error.class"
+H_TOPIC = "ingestor.source.topic"
+H_PARTITION = "ingestor.source.partition"
+H_OFFSET = "ingestor.source.offset"
+H_DATASET = "ingestor.dataset.arn"
+H_TRUNCATED = "ingestor.value.truncated"
+OUR_HEADERS = frozenset({H_STAGE, H_REASON, H_CLASS, H_TOPIC, H_PARTITION, H_OFFSET, H_DATASET, H_TRUNCATED})
+
+
+class Producer(Protocol):
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
+
+
+def dlq_headers(
+    record: SourceRecord, stage: str, reason: str, error_class: str, dataset_arn: str | None
+) -> list[tuple[str, bytes]]:
+    headers = [(k, v if v is not None else b"") for k, v in record.headers if k not in OUR_HEADERS]
+    headers += [
+        (H_STAGE, stage.encode()),
+        (H_REASON, reason[:MAX_REASON_CHARS].encode("utf-8", "replace")),
+        (H_CLASS, error_class.encode()),
+        (H_TOPIC, record.topic.encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+    ]
+    if dataset_arn:
+        headers.append((H_DATASET, dataset_arn.encode()))
+    return headers
+
+
+class DeadLetterQueue:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        metrics: Metrics,
+        on_done: Callable[[SourceRecord], None],
+        *,
+        timeout_s: float = 30.0,
+        retry_delay_s: float = 1.0,
+    ) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._metrics = metrics
+        self._on_done = on_done
+        self._timeout_s = timeout_s
+        self._retry_delay_s = retry_delay_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def add(self, record: SourceRecord, stage: str, reason: str, error_class: str, dataset_arn: str | None) -> None:
+        """Dead-letter ``record``; ``on_done(record)`` runs once the broker has it."""
+        log.warning(
+            "dead-lettering %s (stage %s): %s",
+            record.where,
+            stage,
+            reason[:300],
+            extra={"stage": stage, "source": record.where, "dataset_arn": dataset_arn},
+        )
+        headers = dlq_headers(record, stage, reason, error_class, dataset_arn)
+        task = asyncio.create_task(self._deliver(record, stage, headers), name=f"dlq {record.where}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, record: SourceRecord, stage: str, headers: list[tuple[str, bytes]]) -> None:
+        value = record.value
+        while True:
+            try:
+                ack = await self._producer.send(self.topic, value=value, key=record.key, headers=headers)
+                async with asyncio.timeout(self._timeout_s):
+                    await ack
+                break
+            except MessageSizeTooLargeError:
+                if value is None or len(value) <= TRUNCATED_VALUE_BYTES:
+                    raise
+                log.warning("%s: value of %d bytes too large for the DLQ; truncating", record.where, len(value))
+                headers = [*headers, (H_TRUNCATED, str(len(value)).encode())]
+                value = value[:TRUNCATED_VALUE_BYTES]
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("%s: DLQ write failed (%s: %s); retrying", record.where, type(exc).__name__, exc)
+                await asyncio.sleep(self._retry_delay_s)
+        self._metrics.records_dead_lettered.labels(stage).inc()
+        self._on_done(record)
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait for every DLQ write in progress; True when all were acknowledged in time."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        return not pending
+
+    async def aclose(self) -> None:
+        """Abandon writes still in progress (their records stay uncommitted and are read again later)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

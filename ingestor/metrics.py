@@ -1,0 +1,94 @@
+"""Every metric the service exports, on an injected CollectorRegistry. Label sets stay small."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_RECORDS_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "ingestor_records_consumed_total", "Records fetched from Kafka.", ["topic"], registry=r
+        )
+        self.records_sent = Counter(
+            "ingestor_records_sent_total", "Records accepted by Personalize.", ["api"], registry=r
+        )
+        self.records_superseded = Counter(
+            "ingestor_records_superseded_total",
+            "Records replaced in the buffer by a newer record of the same id (done when the newer one is accepted).",
+            ["api"],
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            "ingestor_records_dead_lettered_total",
+            "Records written to the dead-letter topic, by stage (decode, validate, api).",
+            ["stage"],
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            "ingestor_records_skipped_total",
+            "Records with nothing to send (tombstones and deletes), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.api_calls = Counter(
+            "ingestor_api_calls_total",
+            "Personalize calls by API and outcome (ok, throttled, invalid_input, server_error, client_error, fatal).",
+            ["api", "outcome"],
+            registry=r,
+        )
+        self.api_retries = Counter(
+            "ingestor_api_retries_total", "Personalize calls retried, by API and reason.", ["api", "reason"], registry=r
+        )
+        self.api_call_duration = Histogram(
+            "ingestor_api_call_duration_seconds",
+            "Latency of one Personalize call.",
+            ["api"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.records_per_call = Histogram(
+            "ingestor_api_call_records",
+            "Records carried by one Personalize call.",
+            ["api"],
+            buckets=_RECORDS_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("ingestor_api_calls_in_flight", "Personalize calls in flight now.", registry=r)
+        self.buffered = Gauge(
+            "ingestor_buffered_records", "Records fetched and not yet done (buffered or in flight).", registry=r
+        )
+        self.paused_partitions = Gauge("ingestor_paused_partitions", "Partitions paused by backpressure.", registry=r)
+        self.committed_offset = Gauge(
+            "ingestor_committed_offset", "Last committed offset per partition.", ["topic", "partition"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "ingestor_consumer_lag",
+            "Records between the high watermark and the committed offset, per partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commits = Counter("ingestor_commits_total", "Offset commits by outcome.", ["outcome"], registry=r)
+        self.last_commit = Gauge(
+            "ingestor_last_commit_timestamp_seconds", "Unix time of the last successful commit.", registry=r
+        )
+        self.rate_limit = Gauge(
+            "ingestor_rate_limit_calls_per_second",
+            "This replica's current call rate limit per dataset group and API.",
+            ["dataset_group", "api"],
+            registry=r,
+        )
+        self.fatal_errors = Counter(
+            "ingestor_fatal_errors_total",
+            "Fatal route errors (unknown dataset, access denied, bad credentials).",
+            ["api"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "ingestor_ready", "1 when the service is ready (joined, broker reachable, no fatal error).", registry=r
+        )

@@ -1,0 +1,298 @@
+"""The record's journey after the fetch: decode → validate → buffer → send → done (or dead-lettered).
+
+``Pipeline.ingest`` is the synchronous hot path for one fetched record. One dispatcher task per dataset forms calls
+from its buffer, paced by the dataset group's rate limiter and the global in-flight semaphore. Every outcome ends as
+a done mark in the offset tracker, which is all the commit loop looks at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ingestor.batcher import DatasetBuffer, Pending
+from ingestor.codec import decode
+from ingestor.config import Route, Settings
+from ingestor.deadletter import DeadLetterQueue, Producer
+from ingestor.errors import DeliveryError, FatalRouteError, RecordError
+from ingestor.metrics import Metrics
+from ingestor.model import Op, SourceRecord, TopicPartition
+from ingestor.offsets import OffsetTracker
+from ingestor.ratelimit import RateLimiter
+from ingestor.schema import DatasetSchema
+from ingestor.sender import Sender, Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Dataset:
+    """Everything one dataset ARN needs; routes (topics) feeding the same dataset share it."""
+
+    target: Target
+    buffer: DatasetBuffer
+    limiter: RateLimiter
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    fatal: FatalRouteError | None = None
+    resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
+
+
+@dataclass(frozen=True, eq=False)
+class _Topic:
+    route: Route
+    schema: DatasetSchema
+    dataset: Dataset
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        sender: Sender,
+        dlq_producer: Producer,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.tracker = OffsetTracker()
+        self._sender = sender
+        self._clock = clock
+        self.dlq = DeadLetterQueue(
+            dlq_producer,
+            settings.kafka.dead_letter_topic,
+            metrics,
+            on_done=self._source_done,
+            timeout_s=settings.kafka.dlq_timeout_s,
+        )
+        limiters: dict[tuple[str, str], RateLimiter] = {}
+        self.limiter_topics: dict[tuple[str, str], list[str]] = {}
+        datasets: dict[str, Dataset] = {}
+        self._topics: dict[str, _Topic] = {}
+        for route in settings.routes:
+            key = (route.dataset_group, route.api)
+            if key not in limiters:
+                limiters[key] = RateLimiter(settings.personalize.rate_limits.get(route.api, 10.0))
+            self.limiter_topics.setdefault(key, []).append(route.topic)
+            ds = datasets.get(route.dataset_arn)
+            if ds is None:
+                ds = datasets[route.dataset_arn] = Dataset(
+                    Target(route.api, route.dataset_arn),
+                    DatasetBuffer(settings.batching.max_records, settings.batching.linger_ms / 1000),
+                    limiters[key],
+                )
+            self._topics[route.topic] = _Topic(route, route.load_schema(), ds)
+        self.limiters = limiters
+        self.datasets = list(datasets.values())
+        self._slots = asyncio.Semaphore(settings.personalize.max_in_flight)
+        self._calls: set[asyncio.Task[None]] = set()
+        self._dispatchers: list[asyncio.Task[None]] = []
+        self._open = asyncio.Event()  # cleared while a revocation holds dispatching
+        self._open.set()
+        self._flushing = False  # draining: send what is ready without waiting for linger
+        self.failure: BaseException | None = None  # a bug: the service must stop loudly
+        self.on_failure: Callable[[], None] = lambda: None
+        self.stalled: str | None = None  # retry budget spent (block mode): not ready
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._topics)
+
+    @property
+    def fatal(self) -> FatalRouteError | None:
+        return next((ds.fatal for ds in self.datasets if ds.fatal is not None), None)
+
+    # ------------------------------------------------------------------ intake (hot path)
+
+    def ingest(self, rec: SourceRecord) -> None:
+        topic = self._topics[rec.topic]
+        self.tracker.track(rec.tp, rec.offset)
+        arn = topic.dataset.target.dataset_arn
+        try:
+            change = decode(rec, topic.schema.kind, topic.route.format)
+        except RecordError as exc:
+            self._dead_letter(rec, "decode", str(exc), type(exc).__name__, arn)
+            return
+        except Exception as exc:  # a poison record must never block: DLQ it, loudly
+            log.exception("unexpected error decoding %s", rec.where)
+            self._dead_letter(rec, "decode", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn)
+            return
+        if change.op is Op.DELETE:
+            # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
+            self.metrics.records_skipped.labels("delete").inc()
+            log.debug("skipping delete/tombstone %s (id %s)", rec.where, change.record_id)
+            self.tracker.done(rec.tp, rec.offset)
+            return
+        try:
+            request = topic.schema.build_record(change.record_id, change.fields)
+        except RecordError as exc:
+            self._dead_letter(rec, "validate", f"{rec.where}: {exc}", type(exc).__name__, arn)
+            return
+        except Exception as exc:
+            log.exception("unexpected error validating %s", rec.where)
+            self._dead_letter(rec, "validate", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn)
+            return
+        ds = topic.dataset
+        assert change.record_id is not None  # build_record checked it
+        if ds.buffer.add(Pending(rec, change.record_id, request), self._clock()):
+            self.metrics.records_superseded.labels(ds.target.api).inc()
+        ds.wake.set()
+
+    def _dead_letter(self, rec: SourceRecord, stage: str, reason: str, error_class: str, arn: str | None) -> None:
+        self.dlq.add(rec, stage, reason, error_class, arn)
+
+    def _source_done(self, rec: SourceRecord) -> None:
+        self.tracker.done(rec.tp, rec.offset)
+
+    @property
+    def buffered(self) -> int:
+        return self.tracker.pending_total
+
+    # ------------------------------------------------------------------ dispatch
+
+    def start(self) -> None:
+        for ds in self.datasets:
+            task = asyncio.create_task(self._dispatch(ds), name=f"dispatch {ds.target.dataset_arn}")
+            task.add_done_callback(self._check_task)
+            self._dispatchers.append(task)
+
+    async def _dispatch(self, ds: Dataset) -> None:
+        buf = ds.buffer
+        while ds.fatal is None:
+            await self._open.wait()
+            now = self._clock()
+            due = buf.due_in(now)
+            if due is not None and ds.resume_at > now:
+                due = max(due, ds.resume_at - now)
+            if due is None or (due > 0 and not self._flushing):
+                ds.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due):
+                        await ds.wake.wait()
+                continue
+            await self._slots.acquire()
+            try:
+                await ds.limiter.acquire()
+                batch = buf.take() if self._open.is_set() and ds.fatal is None else []
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._call(ds, batch), name=f"call {ds.target.api}")
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+            task.add_done_callback(self._check_task)
+
+    async def _call(self, ds: Dataset, batch: list[Pending]) -> None:
+        buf, api = ds.buffer, ds.target.api
+        try:
+            outcome = await self._sender.send(ds.target, batch, ds.limiter, prepaid=True)
+        except FatalRouteError as exc:
+            if ds.fatal is None:
+                ds.fatal = exc
+                self.metrics.fatal_errors.labels(api).inc()
+                log.error("fatal: %s; nothing more is sent or committed on this dataset", exc)
+            self.on_failure()
+            return  # the batch stays in flight: nothing past it is ever committed
+        except DeliveryError as exc:
+            self._exhausted(ds, batch, exc)
+            return
+        except asyncio.CancelledError:
+            now = self._clock()
+            for p in batch:
+                buf.released(p, now)
+            raise
+        finally:
+            self._slots.release()
+            ds.wake.set()
+        now = self._clock()
+        if self.stalled and outcome.accepted:
+            log.info("Personalize calls succeed again; ready")
+            self.stalled = None
+        for p in outcome.accepted:
+            done = buf.accepted(p, now)
+            self.metrics.records_sent.labels(api).inc()
+            for d in done:
+                self.tracker.done(d.source.tp, d.source.offset)
+        for p, reason in outcome.rejected:
+            buf.rejected(p, now)
+            self._dead_letter(
+                p.source, "api", f"{p.source.where}: {reason}", "InvalidInputException", ds.target.dataset_arn
+            )
+
+    def _exhausted(self, ds: Dataset, batch: list[Pending], exc: DeliveryError) -> None:
+        now = self._clock()
+        if self.settings.personalize.retry.on_exhausted == "dead_letter":
+            for p in batch:
+                ds.buffer.rejected(p, now)
+                reason = f"{p.source.where}: retries exhausted: {exc}"
+                self._dead_letter(p.source, "api", reason, type(exc.__cause__ or exc).__name__, ds.target.dataset_arn)
+            return
+        if self.stalled is None:
+            log.error(
+                "retry budget spent on %s (%s): not committing past these records, still retrying", ds.target.api, exc
+            )
+        self.stalled = str(exc)
+        ds.resume_at = now + self.settings.personalize.retry.max_delay_s
+        for p in batch:  # keep them: they are sent again, paced by the limiter
+            ds.buffer.released(p, now)
+
+    def _check_task(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.failure is None:
+            log.error("pipeline task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            self.failure = exc
+            self.on_failure()
+
+    # ------------------------------------------------------------------ drain, revocation, stop
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Send everything buffered now (no linger) and wait until every fetched record is done, within a budget."""
+        self._flushing = True
+        for ds in self.datasets:
+            ds.wake.set()
+        deadline = self._clock() + timeout_s
+        while self.tracker.pending_total > 0 and self._clock() < deadline and self.failure is None:
+            if self.fatal is not None and not self._calls and self.dlq.pending == 0:
+                break  # only the fatal route's records are left: they will never be done
+            await asyncio.sleep(0.02)
+        self._flushing = False
+        return self.tracker.pending_total == 0
+
+    async def revoke(self, partitions: Iterable[TopicPartition], timeout_s: float) -> None:
+        """Stop dispatching, drop buffered records of these partitions, wait for in-flight calls and DLQ writes."""
+        gone = set(partitions)
+        self._open.clear()
+        try:
+            for ds in self.datasets:
+                ds.buffer.drop_partitions(gone)
+            if self._calls:
+                _, late = await asyncio.wait(set(self._calls), timeout=timeout_s)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                for ds in self.datasets:
+                    ds.buffer.drop_partitions(gone)
+            await self.dlq.flush(timeout_s)
+        finally:
+            self._open.set()
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        self.tracker.drop(set(partitions))
+
+    async def stop(self) -> None:
+        tasks = [*self._dispatchers, *self._calls]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._dispatchers.clear()
+        await self.dlq.aclose()

@@ -1,0 +1,230 @@
+"""Sends one batch to Personalize and reports an outcome per record.
+
+Layers, from the inside out:
+
+* botocore does NOT retry (``max_attempts=1``): every attempt must pass through our rate limiter, since the quota is
+  shared by all replicas and botocore's adaptive bucket is per client;
+* tenacity retries throttling, 5xx, timeouts and connection errors with exponential back-off and full jitter,
+  within the per-record budget (``personalize.retry``: attempts and seconds since the record's first attempt);
+* ``InvalidInputException`` rejects a whole call: the batch is split in halves until the offending records are
+  isolated; the rest is delivered, only those are rejected;
+* fatal errors (unknown dataset, access denied, bad credentials) raise ``FatalRouteError``: nothing is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import botocore.exceptions
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_any,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from ingestor.batcher import Pending
+from ingestor.config import RetrySettings
+from ingestor.errors import DeliveryError, FatalRouteError
+from ingestor.metrics import Metrics
+from ingestor.ratelimit import RateLimiter
+
+FATAL_CODES = frozenset(
+    {
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "MissingAuthenticationTokenException",
+        "IncompleteSignature",
+    }
+)
+THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "SlowDown"}
+)
+
+
+class _Rejected(Exception):
+    """InvalidInputException: the call (as a whole) was rejected."""
+
+
+class ThrottledError(DeliveryError):
+    pass
+
+
+class PersonalizeClient(Protocol):
+    async def put_items(self, **kwargs: Any) -> Any: ...
+    async def put_users(self, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a dataset's batches go."""
+
+    api: str  # PutItems | PutUsers
+    dataset_arn: str
+
+    @property
+    def list_key(self) -> str:
+        return "items" if self.api == "PutItems" else "users"
+
+
+@dataclass
+class Outcome:
+    accepted: list[Pending] = field(default_factory=list)
+    rejected: list[tuple[Pending, str]] = field(default_factory=list)
+
+
+class _RecordBudget(stop_base):
+    """Stop retrying once the oldest record of the batch has spent its time budget."""
+
+    def __init__(self, batch: list[Pending], max_time_s: float, clock: Callable[[], float]) -> None:
+        self._batch, self._max, self._clock = batch, max_time_s, clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        starts = [p.first_attempt for p in self._batch if p.first_attempt is not None]
+        return bool(starts) and self._clock() - min(starts) >= self._max
+
+
+class Sender:
+    def __init__(
+        self,
+        client: PersonalizeClient,
+        metrics: Metrics,
+        retry: RetrySettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._retry = retry
+        self._clock = clock
+        self._sleep = sleep
+        self.last_error: str | None = None  # the last retryable failure, for logs and readiness
+
+    async def send(
+        self, target: Target, batch: list[Pending], limiter: RateLimiter, *, prepaid: bool = False
+    ) -> Outcome:
+        """Deliver ``batch``; returns accepted and rejected records.
+
+        ``prepaid``: the caller already took the rate-limit token for the first attempt. Raises DeliveryError when
+        the retry budget is spent, FatalRouteError when the route cannot work at all.
+        """
+        outcome = Outcome()
+        now = self._clock()
+        for p in batch:
+            if p.first_attempt is None:
+                p.first_attempt = now
+        await self._deliver(target, batch, limiter, outcome, [prepaid])
+        return outcome
+
+    async def _deliver(
+        self, target: Target, batch: list[Pending], limiter: RateLimiter, outcome: Outcome, prepaid: list[bool]
+    ) -> None:
+        try:
+            await self._call_with_retries(target, batch, limiter, prepaid)
+        except _Rejected as exc:
+            if len(batch) == 1:
+                outcome.rejected.append((batch[0], f"Personalize rejected the record (InvalidInputException): {exc}"))
+                return
+            mid = len(batch) // 2
+            await self._deliver(target, batch[:mid], limiter, outcome, prepaid)
+            await self._deliver(target, batch[mid:], limiter, outcome, prepaid)
+            return
+        outcome.accepted.extend(batch)
+
+    async def _call_with_retries(
+        self, target: Target, batch: list[Pending], limiter: RateLimiter, prepaid: list[bool]
+    ) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(DeliveryError),
+            wait=wait_random_exponential(multiplier=self._retry.base_delay_s, max=self._retry.max_delay_s),
+            stop=stop_any(
+                _RecordBudget(batch, self._retry.max_time_s, self._clock), stop_after_attempt(self._retry.max_attempts)
+            ),
+            sleep=self._sleep,
+            before_sleep=lambda state: self._count_retry(target, state),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if prepaid[0]:
+                    prepaid[0] = False  # the first attempt's token was taken by the dispatcher
+                else:
+                    await limiter.acquire()
+                try:
+                    await self._call(target, batch)
+                except ThrottledError:
+                    limiter.throttled()
+                    raise
+                limiter.succeeded()
+
+    def _count_retry(self, target: Target, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = "throttled" if isinstance(exc, ThrottledError) else "error"
+        self._metrics.api_retries.labels(target.api, reason).inc()
+
+    async def _call(self, target: Target, batch: list[Pending]) -> None:
+        """One API call; maps foreign exceptions to ours at this boundary."""
+        m = self._metrics
+        method = self._client.put_items if target.api == "PutItems" else self._client.put_users
+        kwargs = {"datasetArn": target.dataset_arn, target.list_key: [p.request for p in batch]}
+        m.in_flight.inc()
+        start = self._clock()
+        outcome = "ok"
+        try:
+            await method(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            message = str(err.get("Message", "")) or str(exc)
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code == "InvalidInputException":
+                outcome = "invalid_input"
+                raise _Rejected(message) from exc
+            if code in FATAL_CODES:
+                outcome = "fatal"
+                raise FatalRouteError(_fatal_hint(target, code, message)) from exc
+            if code in THROTTLING_CODES:
+                outcome = "throttled"
+                self.last_error = f"{target.api} throttled: {message}"
+                raise ThrottledError(self.last_error) from exc
+            outcome = "server_error" if status >= 500 or status == 0 else "client_error"
+            self.last_error = f"{target.api} failed with {code or status}: {message}"
+            raise DeliveryError(self.last_error) from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            outcome = "fatal"
+            raise FatalRouteError(_fatal_hint(target, "NoCredentials", str(exc))) from exc
+        except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            outcome = "server_error"
+            self.last_error = f"{target.api} failed: {type(exc).__name__}: {exc}"
+            raise DeliveryError(self.last_error) from exc
+        finally:
+            m.in_flight.dec()
+            m.api_calls.labels(target.api, outcome).inc()
+            m.api_call_duration.labels(target.api).observe(self._clock() - start)
+            m.records_per_call.labels(target.api).observe(len(batch))
+
+
+def _fatal_hint(target: Target, code: str, message: str) -> str:
+    if code == "ResourceNotFoundException":
+        what = "check that the dataset exists in this account and region (routes[].dataset_arn, personalize.region)"
+    elif code == "NoCredentials":
+        what = "no AWS credentials were found: use IRSA on Kubernetes or the standard AWS environment variables"
+    else:
+        what = "check the credentials and that their IAM policy allows personalize:PutItems/PutUsers on this dataset"
+    return f"{target.api} on {target.dataset_arn} failed with {code}: {message} — {what}"

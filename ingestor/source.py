@@ -1,0 +1,236 @@
+"""The Kafka side: one consumer group member, batched fetches, backpressure by pausing, safe commits.
+
+Guards against aiokafka's traps (see shared/design/pitfalls.md): commits always pass explicit offsets filtered by the
+current assignment and run under a timeout; ``CommitFailedError`` is not retried; pauses are re-applied after a
+rebalance; ``getmany`` is called steadily so the member never exceeds ``max_poll_interval_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTP
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from ingestor.config import Settings
+from ingestor.metrics import Metrics
+from ingestor.model import SourceRecord, TopicPartition
+from ingestor.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+RESUME_BELOW = 0.75  # resume paused partitions once buffered records fall below this share of the limit
+
+
+def _ours(tp: KafkaTP) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def _theirs(tp: TopicPartition) -> KafkaTP:
+    return KafkaTP(tp.topic, tp.partition)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
+        await self._source.on_revoked({_ours(tp) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
+        await self._source.on_assigned({_ours(tp) for tp in assigned})
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        *,
+        consumer: AIOKafkaConsumer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        k = settings.kafka
+        self.consumer = consumer or AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers,
+            group_id=k.group_id,
+            client_id=k.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=k.auto_offset_reset,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            rebalance_timeout_ms=k.rebalance_timeout_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            request_timeout_ms=k.request_timeout_ms,
+            **kafka_security_kwargs(settings),
+        )
+        self._clock = clock
+        self._paused: set[TopicPartition] = set()
+        self._stopping = False
+        self.joined = False
+        self.generation_changes = 0
+        self.last_fetch_ok: float | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe(self.pipeline.topics, listener=_Rebalance(self))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {_ours(tp) for tp in self.consumer.assignment()}
+
+    # ------------------------------------------------------------------ fetch loop
+
+    async def run(self) -> None:
+        """Fetch and ingest until ``stop_fetching``; backpressure pauses the busiest partitions."""
+        max_records = self.settings.kafka.fetch_max_records
+        while not self._stopping:
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=max_records)
+            self.last_fetch_ok = self._clock()
+            if self._stopping:
+                break  # fetched but not ingested: not tracked, so never committed; read again later
+            for kafka_tp, records in batches.items():
+                consumed = self.metrics.records_consumed.labels(kafka_tp.topic)
+                for r in records:
+                    self.pipeline.ingest(
+                        SourceRecord(
+                            r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp
+                        )
+                    )
+                consumed.inc(len(records))
+            self._backpressure()
+            self.metrics.buffered.set(self.pipeline.buffered)
+            await asyncio.sleep(0)
+
+    def stop_fetching(self) -> None:
+        self._stopping = True
+
+    def _backpressure(self) -> None:
+        limit = self.settings.batching.max_buffered_records
+        total = self.pipeline.buffered
+        assigned = self.assignment()
+        if total > limit:
+            # Pause the busiest partitions first until what stays unpaused holds less than the limit.
+            by_size = sorted(self.pipeline.tracker.pending_by_partition().items(), key=lambda kv: -kv[1])
+            excess = total - limit
+            for tp, size in by_size:
+                if excess <= 0 or size == 0:
+                    break
+                if tp not in self._paused and tp in assigned:
+                    self.consumer.pause(_theirs(tp))
+                    self._paused.add(tp)
+                excess -= size
+        elif self._paused and total < limit * RESUME_BELOW:
+            resume = [tp for tp in self._paused if tp in assigned]
+            if resume:
+                self.consumer.resume(*(_theirs(tp) for tp in resume))
+            self._paused.clear()
+        self.metrics.paused_partitions.set(len(self._paused))
+
+    # ------------------------------------------------------------------ commits
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Commit the done prefix of owned partitions (optionally only ``partitions``). Returns what was committed."""
+        owned = self.assignment()
+        if partitions is not None:
+            owned &= partitions
+        offsets = self.pipeline.tracker.to_commit(owned)
+        if not offsets:
+            return {}
+        try:
+            async with asyncio.timeout(self.settings.kafka.commit_timeout_s):
+                await self.consumer.commit({_theirs(tp): off for tp, off in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on (rebalance): these partitions' records are re-read by whoever owns them now.
+            self.metrics.commits.labels("rejected").inc()
+            log.warning("commit rejected (%s: %s); not retried", type(exc).__name__, exc)
+            return {}
+        except (KafkaError, TimeoutError) as exc:
+            self.metrics.commits.labels("failed").inc()
+            log.warning("commit failed (%s: %s); will try again", type(exc).__name__, exc)
+            return {}
+        self.pipeline.tracker.committed(offsets)
+        self.metrics.commits.labels("ok").inc()
+        self.metrics.last_commit.set(time.time())
+        for tp, off in offsets.items():
+            self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(off)
+        return offsets
+
+    def update_lag(self) -> None:
+        for tp in self.assignment():
+            try:
+                high = self.consumer.highwater(_theirs(tp))
+            except (AssertionError, IllegalStateError):
+                continue
+            position = self.pipeline.tracker.position(tp)
+            if position is None:
+                position = self.pipeline.tracker.last_committed(tp)
+            if high is not None and position is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    async def commit_loop(self) -> None:
+        interval = self.settings.kafka.commit_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self.commit()
+            self.update_lag()
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        budget = self.settings.shutdown.drain_budget_s
+        log.info("partitions revoked: %s; finishing in-flight work (budget %.0fs)", sorted(map(str, revoked)), budget)
+        await self.pipeline.revoke(revoked, budget)
+        await self.commit(revoked)
+        self.pipeline.forget(revoked)
+        self._paused -= revoked
+        for tp in revoked:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+        self.generation_changes += 1
+        # After a rebalance every partition comes back unpaused: re-apply ours before any await.
+        keep = {tp for tp in self._paused if tp in assigned}
+        if keep:
+            self.consumer.pause(*(_theirs(tp) for tp in keep))
+        self._paused = keep
+        shares = []
+        for (group, api), limiter in self.pipeline.limiters.items():
+            share = self._partition_share(assigned, self.pipeline.limiter_topics[(group, api)])
+            limiter.set_share(share)
+            self.metrics.rate_limit.labels(group, api).set(limiter.rate)
+            shares.append(f"{group}/{api}={share:.2f}")
+        log.info("partitions assigned: %s; quota shares: %s", sorted(map(str, assigned)), ", ".join(shares))
+
+    def _partition_share(self, assigned: set[TopicPartition], topics: list[str]) -> float:
+        """This member's share of the partitions feeding one quota: its share of that shared quota."""
+        total = mine = 0
+        for topic in topics:
+            parts = self.consumer.partitions_for_topic(topic)
+            total += len(parts) if parts else 0
+            mine += sum(1 for tp in assigned if tp.topic == topic)
+        return 1.0 if total == 0 else max(mine, 1) / total
+
+    async def stop(self) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self.consumer.stop()
+        except TimeoutError:
+            log.warning("the Kafka consumer did not stop within 10s")
+
+
+def kafka_security_kwargs(settings: Settings) -> dict[str, object]:
+    """Extra AIOKafkaConsumer/Producer arguments for TLS/SASL (none by default)."""
+    return {}

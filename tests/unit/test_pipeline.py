@@ -1,0 +1,139 @@
+"""The pipeline end to end against in-memory fakes: outcomes per record, DLQ, coalescing, commits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from ingestor.config import Settings
+from ingestor.metrics import Metrics
+from ingestor.model import SourceRecord, TopicPartition
+from ingestor.pipeline import Pipeline
+from ingestor.sender import Sender
+from tests.conftest import wait_until
+from tests.fakes import FakePersonalize, FakeProducer, client_error
+
+CONFIG = Path(__file__).parents[2] / "config"
+ITEMS_ARN = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS"
+TP = TopicPartition("catalog.items", 0)
+
+
+def settings(**retry: object) -> Settings:
+    return Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={
+            "rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0},
+            "retry": {"base_delay_s": 0.001, "max_delay_s": 0.01, **retry},
+        },
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            }
+        ],
+        batching={"linger_ms": 5},
+    )
+
+
+def item(item_id: str, price: float, offset: int) -> SourceRecord:
+    value = {"ITEM_ID": item_id, "PRICE": price, "CREATION_TIMESTAMP": 1700000000}
+    return SourceRecord("catalog.items", 0, offset, item_id.encode(), json.dumps(value).encode())
+
+
+@pytest.fixture
+async def harness():
+    personalize, producer = FakePersonalize(), FakeProducer()
+    s = settings()
+    metrics = Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
+    pipeline.start()
+    yield pipeline, personalize, producer
+    await pipeline.stop()
+
+
+async def test_latest_record_per_id_wins_and_everything_commits(harness) -> None:
+    pipeline, personalize, _ = harness
+    offset = 0
+    for version in range(5):
+        for i in range(30):
+            pipeline.ingest(item(f"i{i}", version, offset))
+            offset += 1
+    assert await pipeline.drain(10)
+    state = personalize.state[ITEMS_ARN]
+    assert len(state) == 30
+    assert all(json.loads(p)["price"] == 4 for p in state.values())
+    assert pipeline.tracker.to_commit() == {TP: offset}
+    assert all(len(records) <= 10 for _, records in personalize.calls)
+
+
+async def test_bad_json_and_schema_rejects_go_to_the_dlq_with_headers(harness) -> None:
+    pipeline, personalize, producer = harness
+    pipeline.ingest(SourceRecord("catalog.items", 0, 0, b"k", b"{not json"))
+    pipeline.ingest(item("ok", 1.0, 1))
+    bad = SourceRecord("catalog.items", 0, 2, b"x", json.dumps({"ITEM_ID": "x", "PRICE": "cheap"}).encode())
+    pipeline.ingest(bad)
+    assert await pipeline.drain(10)
+    assert [r[2] for r in producer.sent] == [b"{not json", bad.value]
+    h0, h1 = producer.headers_of(0), producer.headers_of(1)
+    assert h0["ingestor.error.stage"] == "decode" and "catalog.items/0@0" in h0["ingestor.error.reason"]
+    assert h1["ingestor.error.stage"] == "validate" and "price" in h1["ingestor.error.reason"]
+    assert h1["ingestor.source.offset"] == "2" and h1["ingestor.dataset.arn"] == ITEMS_ARN
+    assert set(personalize.state[ITEMS_ARN]) == {"ok"}
+    assert pipeline.tracker.to_commit() == {TP: 3}
+
+
+async def test_api_rejection_is_narrowed_to_the_bad_record_and_older_version_is_sent(harness) -> None:
+    pipeline, personalize, producer = harness
+    # Personalize rejects i3's newest version (price 2.0) only; its older version (price 1.0) is acceptable.
+    personalize.rejects = lambda r: r["itemId"] == "i3" and json.loads(r["properties"])["price"] == 2.0
+    pipeline.ingest(item("i3", 1.0, 0))
+    for i in range(10):
+        pipeline.ingest(item(f"i{i}", 2.0, i + 1))
+    assert await pipeline.drain(10)
+    assert len(producer.sent) == 1
+    headers = producer.headers_of(0)
+    assert headers["ingestor.error.stage"] == "api"
+    assert headers["ingestor.source.offset"] == "4"
+    assert "InvalidInputException" in headers["ingestor.error.reason"]
+    state = personalize.state[ITEMS_ARN]
+    assert len(state) == 10
+    assert json.loads(state["i3"])["price"] == 1.0  # the last record Personalize accepts
+    assert all(json.loads(state[f"i{i}"])["price"] == 2.0 for i in range(10) if i != 3)
+    assert pipeline.tracker.to_commit() == {TP: 11}
+    # bisect: the 10-record call failed, then halves until i3 was alone; every call stayed within 10 records
+    assert max(len(r) for _, r in personalize.calls) == 10
+
+
+async def test_throttling_is_retried_and_in_flight_stays_bounded(harness) -> None:
+    pipeline, personalize, _ = harness
+    personalize.fail_next = [client_error("ThrottlingException")] * 3 + [client_error("ServiceUnavailable", 503)]
+    for i in range(200):
+        pipeline.ingest(item(f"i{i}", 1.0, i))
+    assert await pipeline.drain(10)
+    assert len(personalize.state[ITEMS_ARN]) == 200
+    assert personalize.max_in_flight <= pipeline.settings.personalize.max_in_flight
+    assert pipeline.metrics.api_retries.labels("PutItems", "throttled")._value.get() == 3
+
+
+async def test_fatal_error_stops_the_route_without_dead_lettering(harness) -> None:
+    pipeline, personalize, producer = harness
+    failed = asyncio.Event()
+    pipeline.on_failure = failed.set
+    personalize.fail_next = [client_error("ResourceNotFoundException", message="no such dataset")]
+    for i in range(3):
+        pipeline.ingest(item(f"i{i}", 1.0, i))
+    await wait_until(failed.is_set, timeout=5, what="the fatal error")
+    assert pipeline.fatal is not None and ITEMS_ARN in str(pipeline.fatal)
+    assert producer.sent == []
+    assert pipeline.tracker.to_commit() == {TP: 0}
+
+
+async def test_tombstones_are_done_at_once(harness) -> None:
+    pipeline, _, _ = harness
+    pipeline.ingest(SourceRecord("catalog.items", 0, 0, b"i1", None))
+    assert pipeline.tracker.to_commit() == {TP: 1}
