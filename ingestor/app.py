@@ -48,7 +48,7 @@ def personalize_client(settings: Settings) -> Any:
     )
     config = AioConfig(
         max_pool_connections=p.max_in_flight,
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: we retry ourselves
         connect_timeout=p.connect_timeout_s,
         read_timeout=p.read_timeout_s,
     )

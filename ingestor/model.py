@@ -44,7 +44,7 @@ class Op(enum.StrEnum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
     """A decoded change: which id, what happened, and its fields (column names or camelCase keys, not yet checked)."""
 

@@ -35,7 +35,8 @@ TEXTUAL_MAX_CHARS = 20_000
 INT_RANGE = (-(2**31), 2**31 - 1)
 LONG_RANGE = (-(2**63), 2**63 - 1)
 _PRIMITIVES = frozenset({"string", "int", "long", "float", "double", "boolean"})
-_INTEGER_RE = re.compile(r"[+-]?\d+")
+_INTEGER_RE = re.compile(r"[+-]?[0-9]+")
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class DatasetKind(enum.StrEnum):
@@ -252,9 +253,8 @@ def _coerce(spec: FieldSpec, value: Any, *, present: bool) -> tuple[Any, str | N
         return None, f"{label} must be a number, got a boolean"
     if t in ("int", "long"):
         lo, hi = INT_RANGE if t == "int" else LONG_RANGE
-        if isinstance(value, str) and _INTEGER_RE.fullmatch(value.strip()):
-            value = int(value.strip())
-        elif isinstance(value, float) and value.is_integer():
+        integral_text = isinstance(value, str) and _INTEGER_RE.fullmatch(value) is not None
+        if integral_text or (isinstance(value, float) and value.is_integer()):
             value = int(value)
         if not isinstance(value, int):
             return None, f"{label} must be an integer, got {_short(value)}"
@@ -263,12 +263,13 @@ def _coerce(spec: FieldSpec, value: Any, *, present: bool) -> tuple[Any, str | N
         return value, None
     # float / double
     if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
+        if not _NUMBER_RE.fullmatch(value):
             return None, f"{label} must be a number, got {_short(value)}"
+        value = float(value)
     if not isinstance(value, (int, float)):
         return None, f"{label} must be a number, got {_short(value)}"
+    if isinstance(value, int) and abs(value) > 2**1023:
+        return None, f"{label} is out of range for {t}"
     if isinstance(value, float) and not math.isfinite(value):
         return None, f"{label} must be a finite number, got {value}"
     return value, None

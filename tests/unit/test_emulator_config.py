@@ -67,7 +67,7 @@ def test_duplicate_arns_are_rejected(tmp_path: Path) -> None:
 
 def test_unknown_settings_are_rejected(tmp_path: Path) -> None:
     text = f"datasets:\n  - {{arn: '{SHOP}ITEMS', kind: ITEMS, schema: schemas/items.avsc}}\nfaults: {{fial_rate: 1}}\n"
-    with pytest.raises(ConfigError, match="faults.fial_rate"):
+    with pytest.raises(ConfigError, match=r"faults\.fial_rate"):
         EmulatorConfig.load(write_config(tmp_path, text))
 
 
@@ -77,7 +77,7 @@ def test_updated_merges_sections_and_validates() -> None:
     assert changed.faults.fail_rate == 0.5 and changed.faults.fail_statuses == (500, 503)
     assert changed.quotas.put_items == 3 and changed.quotas.put_users == 10
     assert config.faults.fail_rate == 0.0  # frozen: the original is unchanged
-    with pytest.raises(ConfigError, match="faults.fail_rate"):
+    with pytest.raises(ConfigError, match=r"faults\.fail_rate"):
         config.updated(faults={"fail_rate": 2})
 
 
