@@ -26,11 +26,12 @@ from prometheus_client import CollectorRegistry
 from ingestor.config import Settings
 from ingestor.errors import ConfigError
 from ingestor.health import HealthServer
+from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.logs import configure_logging
 from ingestor.metrics import Metrics
 from ingestor.pipeline import Pipeline
 from ingestor.sender import Sender
-from ingestor.source import KafkaSource, kafka_security_kwargs
+from ingestor.source import KafkaSource
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,54 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class KafkaSecurity(_Frozen):
+    """TLS and SASL for the consumer and the DLQ producer. Secrets: inline (env) or read from mounted files."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(None, description="a mounted secret holding the SASL password")
+    msk_region: str | None = Field(None, description="AWS region for MSK IAM auth (default: personalize.region)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        sasl = self.protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(
+                f"protocol {self.protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM)"
+            )
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError("sasl_mechanism is set but protocol is not SASL_PLAINTEXT or SASL_SSL")
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise ValueError(
+                    f"sasl_mechanism {self.sasl_mechanism} needs sasl_password "
+                    "(INGESTOR_KAFKA__SECURITY__SASL_PASSWORD) or sasl_password_file"
+                )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate authentication)")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
+
+    def password(self) -> str | None:
+        """The SASL password, from the setting or the mounted file (read at start, never logged)."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text(encoding="utf-8").strip()
+        return None
+
+
 class KafkaSettings(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "personalize-ingestor"
@@ -47,6 +95,7 @@ class KafkaSettings(_Frozen):
     commit_interval_s: float = Field(1.0, gt=0)
     commit_timeout_s: float = Field(10.0, gt=0)
     dlq_timeout_s: float = Field(30.0, gt=0, description="how long a dead-letter write may take before it is retried")
+    security: KafkaSecurity = KafkaSecurity()
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> KafkaSettings:
@@ -213,6 +262,12 @@ class Settings(BaseSettings):
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    security = (data.get("kafka") or {}).get("security")
+    if isinstance(security, dict):
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file"):
+            value = security.get(name)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                security[name] = str(base / value)
     routes = data.get("routes")
     if isinstance(routes, list):
         data["routes"] = [

@@ -18,6 +18,7 @@ from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from ingestor.config import Settings
+from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.metrics import Metrics
 from ingestor.model import SourceRecord, TopicPartition
 from ingestor.pipeline import Pipeline
@@ -229,8 +230,3 @@ class KafkaSource:
                 await self.consumer.stop()
         except TimeoutError:
             log.warning("the Kafka consumer did not stop within 10s")
-
-
-def kafka_security_kwargs(settings: Settings) -> dict[str, object]:
-    """Extra AIOKafkaConsumer/Producer arguments for TLS/SASL (none by default)."""
-    return {}
