@@ -36,6 +36,8 @@ from ingestor.source import KafkaSource
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
+BROKER_PROBE_S = 10.0  # how often the broker is asked for metadata (readiness)
+BROKER_STALE_S = 30.0  # /readyz fails when the broker has not answered for this long
 COMMIT_STALL_S = 300.0  # /healthz fails when records are pending and no commit advanced for this long
 
 
@@ -80,9 +82,9 @@ class Service:
             return "stopping"
         if not self.source.joined:
             return "not yet joined the consumer group"
-        last = self.source.last_fetch_ok
-        if last is None or time.monotonic() - last > 30:
-            return "no fetch from the broker in the last 30s"
+        last = self.source.broker_ok_at
+        if last is None or time.monotonic() - last > BROKER_STALE_S:
+            return f"the Kafka broker did not answer a metadata request in the last {BROKER_STALE_S:.0f}s"
         if self.pipeline.stalled:
             return f"retry budget spent: {self.pipeline.stalled}"
         return None
@@ -134,6 +136,7 @@ class Service:
         pipeline.on_failure = self.stop_requested.set
         source = self.source = KafkaSource(s, pipeline, self.metrics)
         await source.start()
+        await source.check_broker()
         pipeline.start()
         fetch = asyncio.create_task(source.run(), name="fetch")
         commits = asyncio.create_task(self._commit_loop(source), name="commit")
@@ -174,11 +177,15 @@ class Service:
         return EXIT_OK
 
     async def _commit_loop(self, source: KafkaSource) -> None:
+        next_probe = 0.0
         while True:
             await asyncio.sleep(self.settings.kafka.commit_interval_s)
             if await source.commit():
                 self._progress_at = time.monotonic()
             source.update_lag()
+            if time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + BROKER_PROBE_S
+                await source.check_broker()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ingestor.app", "consume the configured topics and keep Personalize in step (the service)"),
     "demo": ("ingestor.demo", "embedded broker + local Personalize endpoint + a sample stream, with live progress"),
     "emulator": ("ingestor.emulator.cli", "a local Personalize Events endpoint for development, tests and demos"),
+    "dlq": ("ingestor.dlq_replay", "dead-letter topic tools: replay records after fixing their cause"),
 }
 
 

@@ -25,15 +25,24 @@ async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
         await admin.close()
 
 
+Headers = list[tuple[str, bytes]]
+
+
 async def produce(
-    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]], *, linger_ms: int = 5
+    bootstrap: str,
+    records: Iterable[tuple[str, bytes | None, bytes | None] | tuple[str, bytes | None, bytes | None, Headers]],
+    *,
+    linger_ms: int = 5,
+    **client: Any,
 ) -> dict[TopicPartition, int]:
-    """Send (topic, key, value) records; returns the last offset written per partition."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
+    """Send (topic, key, value[, headers]) records; returns the last offset written per partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", **client)
     await producer.start()
     last: dict[TopicPartition, int] = {}
     try:
-        futures = [await producer.send(topic, value=value, key=key) for topic, key, value in records]
+        futures = [
+            await producer.send(r[0], key=r[1], value=r[2], headers=r[3] if len(r) > 3 else None) for r in records
+        ]
         for meta in await asyncio.gather(*futures):
             tp = TopicPartition(meta.topic, meta.partition)
             last[tp] = max(last.get(tp, -1), meta.offset)
@@ -42,9 +51,13 @@ async def produce(
     return last
 
 
-async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, timeout_s: float = 60.0) -> list[Any]:
+async def read_topic(
+    bootstrap: str, topic: str, *, idle_s: float = 2.0, timeout_s: float = 60.0, **client: Any
+) -> list[Any]:
     """Every record of ``topic`` from the start (no group), stopping once nothing new arrived for ``idle_s``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client
+    )
     await consumer.start()
     out: list[Any] = []
     try:

@@ -72,6 +72,8 @@ class KafkaSource:
             rebalance_timeout_ms=k.rebalance_timeout_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             request_timeout_ms=k.request_timeout_ms,
+            fetch_max_bytes=k.fetch_max_bytes,
+            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
             **kafka_security_kwargs(settings),
         )
         self._clock = clock
@@ -80,6 +82,7 @@ class KafkaSource:
         self.joined = False
         self.generation_changes = 0
         self.last_fetch_ok: float | None = None
+        self.broker_ok_at: float | None = None
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -176,6 +179,17 @@ class KafkaSource:
                 position = self.pipeline.tracker.last_committed(tp)
             if high is not None and position is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    async def check_broker(self, timeout_s: float = 5.0) -> bool:
+        """A metadata round trip to the cluster; records when the broker last answered (for /readyz)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.consumer.topics()
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("broker metadata request failed: %s: %s", type(exc).__name__, exc)
+            return False
+        self.broker_ok_at = self._clock()
+        return True
 
     async def commit_loop(self) -> None:
         interval = self.settings.kafka.commit_interval_s
