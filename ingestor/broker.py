@@ -54,6 +54,7 @@ class EmbeddedBroker:
     host: str = "127.0.0.1"
     port: int = 0
     log_path: Path | None = None
+    advertised_port: int | None = None  # advertise another port (e.g. a proxy in front of the broker); None: port
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -64,10 +65,11 @@ class EmbeddedBroker:
         if self.port == 0:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = url if self.advertised_port is None else f"tcp://{self.host}:{self.advertised_port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         out = self._log_file()
         self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary with our own arguments
-            [str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
