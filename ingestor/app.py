@@ -16,11 +16,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from ingestor.config import Settings
@@ -118,8 +120,9 @@ class Service:
         )
         try:
             async with personalize_client(s) as client:
-                await producer.start()
                 try:
+                    if not await self._start_with_retry(producer.start, "the dead-letter producer"):
+                        return EXIT_OK
                     return await self._serve(client, producer)
                 finally:
                     with contextlib.suppress(TimeoutError):
@@ -135,7 +138,9 @@ class Service:
         )
         pipeline.on_failure = self.stop_requested.set
         source = self.source = KafkaSource(s, pipeline, self.metrics)
-        await source.start()
+        if not await self._start_with_retry(source.start, "the consumer"):
+            await source.stop()
+            return EXIT_OK
         await source.check_broker()
         pipeline.start()
         fetch = asyncio.create_task(source.run(), name="fetch")
@@ -175,6 +180,24 @@ class Service:
         if pipeline.failure is not None or fetch_error is not None:
             return EXIT_FAILURE
         return EXIT_OK
+
+    async def _start_with_retry(self, start: Callable[[], Awaitable[None]], what: str) -> bool:
+        """Start a Kafka client, retrying while the broker is unreachable (not ready meanwhile).
+
+        Returns False when a stop was requested before it could start.
+        """
+        delay = 1.0
+        while not self.stop_requested.is_set():
+            try:
+                await start()
+                return True
+            except (KafkaError, OSError) as exc:
+                log.warning("%s cannot reach Kafka (%s: %s); retrying in %.0fs", what, type(exc).__name__, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stop_requested.wait()
+            delay = min(delay * 2, 30.0)
+        return False
 
     async def _commit_loop(self, source: KafkaSource) -> None:
         next_probe = 0.0
