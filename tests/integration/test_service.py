@@ -88,6 +88,7 @@ async def test_stream_with_repeats_and_bad_records_ends_exact(broker, unique) ->
 
         await wait_until(caught_up, timeout=90, what="commits to reach the end of every partition")
         assert not run.done(), run
+        await check_scrape(service)
         service.stop_requested.set()
         assert await asyncio.wait_for(run, 30) == EXIT_OK
 
@@ -112,13 +113,54 @@ async def test_stream_with_repeats_and_bad_records_ends_exact(broker, unique) ->
         # A restarted ingestor re-reads nothing past the committed offsets.
         again = Service(settings, registry=CollectorRegistry())
         run2 = asyncio.create_task(again.run())
-        await wait_until(
-            lambda: again.source is not None and again.source.joined and again.source.last_fetch_ok,
-            timeout=30,
-            what="the second run to join and fetch",
-        )
+
+        async def positioned_at_the_end() -> bool:
+            if again.source is None or not again.source.joined:
+                return False
+            consumer = again.source.consumer
+            try:
+                return all([await consumer.position(tp) == off + 1 for tp, off in ends.items()])
+            except Exception:  # not assigned yet
+                return False
+
+        await wait_until(positioned_at_the_end, timeout=30, what="the second run to resume at the committed ends")
         consumed = again.metrics.records_consumed
-        await asyncio.sleep(0)  # let one more fetch cycle land
         again.stop_requested.set()
         assert await asyncio.wait_for(run2, 30) == EXIT_OK
         assert sum(s.value for m in consumed.collect() for s in m.samples if s.name.endswith("_total")) == 0
+
+
+async def check_scrape(service: Service) -> None:
+    """Scrape the running service: health endpoints answer, and every ingestor_* series that the alerts and the
+    dashboard query is one the service really exports."""
+    import re
+
+    import aiohttp
+    import promql_parser
+
+    from tests.deploy.test_observability import dashboard_queries, parse, rules, substitute
+
+    assert service.health is not None
+    base = f"http://127.0.0.1:{service.health.port}"
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz"):
+            async with http.get(base + path) as resp:
+                assert resp.status == 200, (path, await resp.text())
+        async with http.get(base + "/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    families = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
+    assert "ingestor_records_consumed_total" in text and "ingestor_api_call_duration_seconds_bucket" in text
+
+    used: set[str] = set()
+    exprs = [("rule " + r.get("alert", r.get("record", "")), r["expr"]) for r in rules()] + dashboard_queries()
+    for where, expr in exprs:
+
+        def visit(node: object) -> None:
+            if isinstance(node, promql_parser.VectorSelector) and node.name and node.name.startswith("ingestor_"):
+                used.add(node.name)
+
+        promql_parser.walk(parse(where, substitute(expr)), visit)
+    assert used, "the alerts and dashboard query the service's metrics"
+    missing = {n for n in used if not {n, re.sub(r"_(total|bucket|sum|count|created)$", "", n)} & families}
+    assert not missing, f"queried but not exported by the running service: {sorted(missing)}"
