@@ -109,7 +109,17 @@ class Service:
         self.health = HealthServer(
             self.metrics.registry, s.metrics.host, s.metrics.port, live=self.live, ready=self.ready
         )
-        await self.health.start()
+        try:
+            await self.health.start()
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on %s:%d (%s); set metrics.port (INGESTOR_METRICS__PORT) to a free port",
+                s.metrics.host,
+                s.metrics.port,
+                exc.strerror or exc,
+            )
+            await self.health.stop()
+            return EXIT_CONFIG
         self.metrics.ready.set_function(lambda: 1.0 if self.ready() is None else 0.0)
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka.bootstrap_servers,

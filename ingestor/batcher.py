@@ -13,6 +13,7 @@ The buffer is pure (no I/O, no clock of its own): the dispatcher passes ``now``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -42,7 +43,9 @@ class DatasetBuffer:
         self.max_records = max_records
         self.linger_s = linger_s
         self._ids: dict[str, _IdState] = {}
-        self._ready: dict[str, float] = {}  # insertion-ordered set of ids ready to send → when they became ready
+        # ids ready to send → when they became ready, oldest first (OrderedDict: O(1) pops from the front, where a
+        # plain dict's iteration would skip ever more deleted slots)
+        self._ready: OrderedDict[str, float] = OrderedDict()
         self.buffered = 0  # versions held (waiting or in flight)
         self.in_flight = 0  # ids in flight
 
@@ -80,8 +83,7 @@ class DatasetBuffer:
         n = min(limit or self.max_records, self.max_records)
         batch: list[Pending] = []
         while self._ready and len(batch) < n:
-            record_id = next(iter(self._ready))
-            del self._ready[record_id]
+            record_id, _ = self._ready.popitem(last=False)
             state = self._ids[record_id]
             newest = state.versions[-1]
             state.in_flight = newest

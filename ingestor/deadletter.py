@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 2000
 TRUNCATED_VALUE_BYTES = 64 * 1024
+SUMMARY_EVERY_S = 10.0
 H_STAGE = "ingestor.error.stage"
 H_REASON = "ingestor.error.reason"
 H_CLASS = "ingestor.error.class"
@@ -78,6 +81,8 @@ class DeadLetterQueue:
         self._timeout_s = timeout_s
         self._retry_delay_s = retry_delay_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: Counter[str] = Counter()
+        self._summary_at = -SUMMARY_EVERY_S
 
     @property
     def pending(self) -> int:
@@ -85,17 +90,29 @@ class DeadLetterQueue:
 
     def add(self, record: SourceRecord, stage: str, reason: str, error_class: str, dataset_arn: str | None) -> None:
         """Dead-letter ``record``; ``on_done(record)`` runs once the broker has it."""
-        log.warning(
-            "dead-lettering %s (stage %s): %s",
-            record.where,
-            stage,
-            reason[:300],
-            extra={"stage": stage, "source": record.where, "dataset_arn": dataset_arn},
-        )
+        log.debug("dead-lettering %s (stage %s): %s", record.where, stage, reason[:300])
+        self._summarize(stage, reason, dataset_arn)
         headers = dlq_headers(record, stage, reason, error_class, dataset_arn)
         task = asyncio.create_task(self._deliver(record, stage, headers), name=f"dlq {record.where}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _summarize(self, stage: str, reason: str, dataset_arn: str | None) -> None:
+        """At most one WARNING per SUMMARY_EVERY_S: counts by stage and the latest reason (never one per record)."""
+        self._recent[stage] += 1
+        now = time.monotonic()
+        if now - self._summary_at < SUMMARY_EVERY_S:
+            return
+        counts = dict(self._recent)
+        log.warning(
+            "dead-lettered %d record(s) since the last report %s; latest: %s",
+            sum(counts.values()),
+            counts,
+            reason[:300],
+            extra={"dead_lettered": counts, "dataset_arn": dataset_arn},
+        )
+        self._recent.clear()
+        self._summary_at = now
 
     async def _deliver(self, record: SourceRecord, stage: str, headers: list[tuple[str, bytes]]) -> None:
         value = record.value

@@ -216,9 +216,9 @@ class Pipeline:
         if self.stalled and outcome.accepted:
             log.info("Personalize calls succeed again; ready")
             self.stalled = None
+        self.metrics.records_sent.labels(api).inc(len(outcome.accepted))
         for p in outcome.accepted:
             done = buf.accepted(p, now)
-            self.metrics.records_sent.labels(api).inc()
             for d in done:
                 self.tracker.done(d.source.tp, d.source.offset)
         for p, reason in outcome.rejected:

@@ -22,9 +22,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ingestor.errors import ConfigError, SchemaError
 
@@ -46,15 +48,20 @@ class DatasetKind(enum.StrEnum):
 
     @property
     def id_field(self) -> str:
-        return {"ITEMS": "ITEM_ID", "USERS": "USER_ID", "INTERACTIONS": "USER_ID"}[self.value]
+        return _ID_FIELD[self.value]
 
     @property
     def id_key(self) -> str:
-        return camel_case(self.id_field)
+        return _ID_KEY[self.value]
 
     @property
     def max_properties_chars(self) -> int:
-        return {"ITEMS": 32_000, "USERS": 24_000, "INTERACTIONS": 1_024}[self.value]
+        return _MAX_PROPERTIES_CHARS[self.value]
+
+
+_ID_FIELD = {"ITEMS": "ITEM_ID", "USERS": "USER_ID", "INTERACTIONS": "USER_ID"}
+_ID_KEY = {"ITEMS": "itemId", "USERS": "userId", "INTERACTIONS": "userId"}
+_MAX_PROPERTIES_CHARS = {"ITEMS": 32_000, "USERS": 24_000, "INTERACTIONS": 1_024}
 
 
 # Interactions columns that PutEvents carries as event attributes, not inside ``properties``.
@@ -145,10 +152,10 @@ class DatasetSchema:
             lookup[spec.name] = spec
         object.__setattr__(self, "_by_key", {s.key: s for s in self.fields})
         object.__setattr__(self, "_lookup", lookup)
+        object.__setattr__(self, "id_key", self.kind.id_key)
+        object.__setattr__(self, "_max_chars", self.kind.max_properties_chars)
 
-    @property
-    def id_key(self) -> str:
-        return self.kind.id_key
+    id_key: str = field(init=False, repr=False)
 
     # ------------------------------------------------------------------ the checks
 
@@ -207,15 +214,16 @@ class DatasetSchema:
         """The compact JSON string sent as ``properties``; None when there is nothing to send."""
         if not props:
             return None
-        text = json.dumps(props, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        limit = self.kind.max_properties_chars
+        text = orjson.dumps(props).decode()  # compact; non-finite floats were rejected by _coerce
+        limit: int = self._max_chars  # type: ignore[attr-defined]
         if len(text) > limit:
             raise SchemaError(f"properties are {len(text)} characters, over the API limit of {limit}")
         return text
 
     def build_record(self, record_id: Any, fields: Mapping[str, Any]) -> dict[str, str]:
         """The PutItems/PutUsers request record: ``{"itemId": ..., "properties": "<json>"}``."""
-        rec = {self.id_key: self.check_id(record_id, self.id_key)}
+        key = self.id_key
+        rec = {key: self.check_id(record_id, key)}
         props = self.properties_json(self.normalize(fields))
         if props is not None:
             rec["properties"] = props
@@ -268,8 +276,10 @@ def _coerce(spec: FieldSpec, value: Any, *, present: bool) -> tuple[Any, str | N
         value = float(value)
     if not isinstance(value, (int, float)):
         return None, f"{label} must be a number, got {_short(value)}"
-    if isinstance(value, int) and abs(value) > 2**1023:
-        return None, f"{label} is out of range for {t}"
+    if isinstance(value, int) and not LONG_RANGE[0] <= value <= LONG_RANGE[1]:
+        if abs(value) > 2**1023:
+            return None, f"{label} is out of range for {t}"
+        value = float(value)  # JSON encoders take 64-bit integers at most
     if isinstance(value, float) and not math.isfinite(value):
         return None, f"{label} must be a finite number, got {value}"
     return value, None

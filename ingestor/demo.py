@@ -1,0 +1,640 @@
+"""``ingestor demo``: the whole system on one machine, with live progress and a proof at the end.
+
+It starts the embedded Kafka broker (Tansu) and the local Personalize Events endpoint, creates the topics, produces a
+realistic stream of item and user changes (some of them bad) at a steady rate, and runs the ingestor service on it,
+all in one event loop. Personalize's quotas are on by default (PutItems and PutUsers: 10 calls/s per dataset group,
+so at most 100 records/s each): the backlog drains as fast as the real service allows, helped by coalescing updates
+of hot ids. Once every partition's committed offset reached the end of what was produced, the service is stopped as
+SIGTERM would, and the run is checked from the outside (see ``prove``): exit 0 when every check passes, 1 otherwise.
+Ctrl-C stops everything cleanly at any moment (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from ingestor.app import EXIT_FAILURE, EXIT_OK, Service, run_async
+from ingestor.broker import EmbeddedBroker
+from ingestor.config import Settings
+from ingestor.deadletter import H_REASON, H_STAGE
+from ingestor.emulator.app import RunningEmulator, running_emulator
+from ingestor.emulator.config import EmulatorConfig, default_config_path
+from ingestor.errors import ConfigError, IngestorError
+from ingestor.kafka_tools import create_topics, read_topic
+from ingestor.logs import configure_logging
+from ingestor.model import TopicPartition
+from ingestor.progress import Display, Snapshot, gauge_value, metric_sum
+from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Event, Expectation, StreamSpec, generate
+
+ITEM_IDS, USER_IDS = 500, 200
+PARTITIONS = {ITEMS_TOPIC: 3, USERS_TOPIC: 2}
+MAX_RECORDS_PER_CALL = 10  # PutItems / PutUsers
+UNLIMITED_CALLS_PER_S = 1000.0  # the ingestor's pacing with --no-quotas
+STALL_S = 60.0  # give up when nothing moved for this long (e.g. --fault-rate 1)
+DRAIN_BUDGET_S = 3.0  # on Ctrl-C: finish in-flight work for at most this long
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+_N = TypeVar("_N", int, float)
+
+
+@dataclass(frozen=True)
+class Options:
+    records: int = 3000
+    rate: float = 500.0  # records/s; 0 = as fast as possible
+    bad_share: float = 0.03
+    seed: int = 7
+    quotas: bool = True
+    fault_rate: float = 0.0
+    throttle_rate: float = 0.0
+    keep_running: bool = False
+    metrics_port: int = 9108
+    verbose: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(
+            records=args.records,
+            rate=args.rate,
+            bad_share=args.bad_share,
+            seed=args.seed,
+            quotas=not args.no_quotas,
+            fault_rate=args.fault_rate,
+            throttle_rate=args.throttle_rate,
+            keep_running=args.keep_running,
+            metrics_port=args.metrics_port,
+            verbose=args.verbose,
+        )
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    d = Options()
+    parser.description = (
+        "Runs the ingestor end to end on this machine: an embedded Kafka broker, a local Personalize endpoint with "
+        "Personalize's quotas, and a sample stream of item and user changes (some of them bad). Shows live progress, "
+        "then proves the outcome: the endpoint holds the latest valid event of every id and the dead-letter topic "
+        "exactly the bad records."
+    )
+    parser.epilog = (
+        "Exit status: 0 every check passed, 1 a check failed or the demo could not run, 130 interrupted by Ctrl-C "
+        "(with --keep-running, Ctrl-C after the summary exits with the checks' status)."
+    )
+    count, rate, share, port = _ranged(int, 1), _ranged(float, 0.0), _ranged(float, 0.0, 1.0), _ranged(int, 0, 65535)
+    stream = parser.add_argument_group("the stream")
+    add = stream.add_argument
+    add("--records", type=count, default=d.records, metavar="N", help="records to produce (default: %(default)s)")
+    add("--rate", type=rate, default=d.rate, metavar="N", help="records/s, 0 = at once (default: %(default)g)")
+    add("--bad-share", type=share, default=d.bad_share, metavar="P", help="share of bad records (default: %(default)g)")
+    add("--seed", type=int, default=d.seed, help="seed of the stream and the faults (default: %(default)s)")
+    endpoint = parser.add_argument_group("the local Personalize endpoint")
+    add = endpoint.add_argument
+    add("--no-quotas", action="store_true", help="a fast run: no quotas, the ingestor paces at 1000 calls/s")
+    add("--fault-rate", "--fail-rate", type=share, default=0.0, metavar="P", help="chaos: share of 500/503 answers")
+    add("--throttle-rate", type=share, default=0.0, metavar="P", help="chaos: share of ThrottlingException answers")
+    add = parser.add_argument
+    add("--keep-running", action="store_true", help="then keep broker, endpoint and ingestor up until Ctrl-C")
+    add("--metrics-port", type=port, default=d.metrics_port, metavar="PORT",
+        help="the ingestor's /metrics /healthz /readyz on 127.0.0.1, 0 = any (default: %(default)s)")  # fmt: skip
+    add("--verbose", "-v", action="store_true", help="the service's INFO logs (default: warnings only)")
+
+
+def main(args: argparse.Namespace) -> int:
+    options = Options.from_args(args)
+    configure_logging("INFO" if options.verbose else "WARNING", "console")
+    if not options.verbose:  # one warning per bad record would drown the progress; the summary reports the DLQ
+        logging.getLogger("ingestor.deadletter").setLevel(logging.ERROR)
+    try:
+        return int(run_async(run_demo(options)))
+    except KeyboardInterrupt:  # Ctrl-C before the demo's own handler was in place: nothing was started yet
+        return EXIT_INTERRUPTED
+
+
+def _ranged(kind: Callable[[str], _N], low: _N, high: _N | None = None) -> Callable[[str], _N]:
+    """An argparse type: ``kind(text)`` within [low, high]."""
+
+    def parse(text: str) -> _N:
+        value = kind(text)
+        if not (low <= value and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{text} is not in [{low}, {'∞' if high is None else high}]")
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------------- the run
+
+
+@dataclass
+class Produced:
+    """What the demo's producer wrote, as the broker acknowledged it."""
+
+    planned: int
+    acked: int = 0
+    ends: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per partition
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def ack(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the producer task raises it
+        meta = future.result()
+        tp = TopicPartition(meta.topic, meta.partition)
+        self.ends[tp] = max(self.ends.get(tp, 0), meta.offset + 1)
+        self.acked += 1
+
+
+@dataclass
+class Parts:
+    """Everything a started demo is made of."""
+
+    options: Options
+    started: float  # time.monotonic()
+    broker: EmbeddedBroker
+    emulator: RunningEmulator
+    settings: Settings
+    service: Service
+    service_task: asyncio.Task[int]
+    produced: Produced
+    caught_up_at: float | None = None  # time.monotonic()
+
+
+@dataclass
+class Run:
+    result: int | None = None  # the checks' exit code, once the summary is printed
+    stopping: bool = False  # cleaning up: a signal no longer interrupts
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    text: str
+    details: tuple[str, ...] = ()
+
+
+@dataclass
+class Proof:
+    checks: list[Check]
+    dead_letters: list[Any]  # the DLQ's records (aiokafka ConsumerRecord)
+    endpoint_stats: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+async def run_demo(options: Options) -> int:
+    """The demo; returns its exit status. SIGINT/SIGTERM cancel it once and everything stops in order."""
+    run = Run()
+    task = asyncio.current_task()
+    assert task is not None
+    with _cancel_on_signals(task, lambda: not run.stopping) as received:
+        try:
+            return await _demo(options, run)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            task.uncancel()
+        except (IngestorError, KafkaError, OSError) as exc:
+            print(f"ingestor demo: {exc}", file=sys.stderr)
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                print("ingestor demo: is another ingestor running? --metrics-port 0 picks a free port", file=sys.stderr)
+            return EXIT_FAILURE
+    if run.result is not None:  # --keep-running, ended by Ctrl-C after the summary
+        return run.result
+    print("interrupted: the ingestor, the local endpoint and the broker are stopped")
+    return 128 + received[0]
+
+
+@contextlib.contextmanager
+def _cancel_on_signals(task: asyncio.Task[Any], interruptible: Callable[[], bool]) -> Iterator[list[int]]:
+    """The first SIGINT/SIGTERM cancels ``task`` (its cleanup stops everything in order); later ones are noted."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received and interruptible():
+            print(f"\n{sig.name}: stopping the ingestor, then the endpoint and the broker", file=sys.stderr)
+            task.cancel()
+        received.append(int(sig))
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals on this platform
+            continue
+        installed.append((sig, previous))
+    try:
+        yield received
+    finally:
+        for sig, previous in installed:
+            loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)  # e.g. asyncio.Runner's own SIGINT handler
+
+
+async def _demo(options: Options, run: Run) -> int:
+    expect = Expectation()
+    events = list(generate(options.records, _stream_spec(options)))
+    for event in events:
+        expect.add(event)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            parts = await _start(options, stack)
+            _print_intro(parts, expect)
+            producer = asyncio.create_task(_produce(parts, events), name="demo producer")
+            stack.push_async_callback(_cancel, producer)
+            problem = await _follow(parts, producer)
+            service_exit = None if options.keep_running else await _stop_service(parts)
+            proof = await prove(parts, expect, _ingestor_check(parts, problem, service_exit))
+            run.result = EXIT_OK if proof.passed else EXIT_FAILURE
+            _print_summary(parts, expect, proof)
+            if options.keep_running:
+                await _keep_running(parts)
+            return run.result
+        finally:
+            run.stopping = True
+
+
+def _stream_spec(options: Options) -> StreamSpec:
+    return StreamSpec(items=ITEM_IDS, users=USER_IDS, bad_share=options.bad_share, seed=options.seed)
+
+
+async def _start(options: Options, stack: contextlib.AsyncExitStack) -> Parts:
+    """Broker, endpoint, topics, then the service; each is stopped by ``stack`` in the reverse order."""
+    started = time.monotonic()
+    config_dir = _config_dir()
+    broker = _start_broker()
+    stack.callback(broker.stop)
+    emulator = await stack.enter_async_context(running_emulator(_emulator_config(options, config_dir)))
+    settings = _settings(options, config_dir, broker.bootstrap_servers, emulator.url)
+    await create_topics(broker.bootstrap_servers, {**PARTITIONS, settings.kafka.dead_letter_topic: 1})
+    service = Service(settings)
+    service_task = asyncio.create_task(service.run(), name="ingestor")
+    parts = Parts(options, started, broker, emulator, settings, service, service_task, Produced(options.records))
+    stack.push_async_callback(_stop_service, parts)
+    return parts
+
+
+def _config_dir() -> Path:
+    emulator_yaml = default_config_path()
+    if emulator_yaml is None or not (emulator_yaml.parent / "ingestor.yaml").is_file():
+        raise ConfigError(
+            "the demo reads config/ingestor.yaml and config/emulator.yaml: run it from the project folder"
+        )
+    return emulator_yaml.parent
+
+
+def _start_broker() -> EmbeddedBroker:
+    """Ctrl-C in a terminal signals the whole process group: the broker must not die before the ingestor drained.
+
+    So it starts with SIGINT blocked (a child inherits the signal mask); we stop it last, with SIGTERM.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return EmbeddedBroker().start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _emulator_config(options: Options, config_dir: Path) -> EmulatorConfig:
+    return EmulatorConfig.load(
+        config_dir / "emulator.yaml",
+        quotas={"enabled": options.quotas},
+        faults={"fail_rate": options.fault_rate, "throttle_rate": options.throttle_rate},
+        seed=options.seed,
+    )
+
+
+class _FileOnlySettings(Settings):
+    """The demo is hermetic: INGESTOR_* variables meant for a real deployment must not point it elsewhere."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str) -> Settings:
+    """config/ingestor.yaml, pointed at the demo's broker and endpoint; quick group joins and commits."""
+    path = config_dir / "ingestor.yaml"
+    base = _FileOnlySettings.load(path)
+    calls_per_s = (
+        base.personalize.rate_limits
+        if options.quotas
+        else dict.fromkeys(("PutItems", "PutUsers", "PutEvents"), UNLIMITED_CALLS_PER_S)
+    )
+    return _FileOnlySettings.load(
+        path,
+        kafka={
+            **base.kafka.model_dump(),
+            "bootstrap_servers": bootstrap,
+            "session_timeout_ms": 6000,  # Tansu holds each join for half of it
+            "heartbeat_interval_ms": 500,
+            "commit_interval_s": 0.2,
+        },
+        personalize={
+            **base.personalize.model_dump(),
+            "endpoint_url": endpoint,
+            "aws_access_key_id": "demo",
+            "aws_secret_access_key": "demo",
+            "rate_limits": calls_per_s,
+        },
+        metrics={"host": "127.0.0.1", "port": options.metrics_port},
+        shutdown={"drain_budget_s": DRAIN_BUDGET_S},
+    )
+
+
+async def _produce(parts: Parts, events: Sequence[Event]) -> None:
+    """Send the events at ``options.rate`` records/s (0: at once); ``parts.produced`` follows the acknowledgements."""
+    produced, rate = parts.produced, parts.options.rate
+    producer = AIOKafkaProducer(bootstrap_servers=parts.broker.bootstrap_servers, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        produced.started_at = time.monotonic()
+        acks = []
+        for i, event in enumerate(events):
+            if rate > 0 and (delay := start + i / rate - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            ack = await producer.send(event.topic, value=event.value, key=event.key)
+            ack.add_done_callback(produced.ack)
+            acks.append(ack)
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    produced.finished_at = time.monotonic()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------- following the run
+
+
+async def _follow(parts: Parts, producer: asyncio.Task[None]) -> str | None:
+    """Show progress once a second until every partition is committed to its end (None) or why that cannot be."""
+    display = Display()
+    next_show = time.monotonic()
+    moved_at, last_mark = time.monotonic(), _progress_mark(parts)
+    try:
+        while True:
+            if producer.done() and (error := producer.exception()) is not None:
+                raise error
+            if _caught_up(parts):
+                parts.caught_up_at = time.monotonic()
+                return None
+            if parts.service_task.done():
+                if not parts.service_task.cancelled() and (error := parts.service_task.exception()) is not None:
+                    raise error  # e.g. the metrics port is taken: nothing to prove
+                return f"the ingestor stopped before it caught up: {_service_outcome(parts.service_task)}"
+            now = time.monotonic()
+            if (mark := _progress_mark(parts)) != last_mark:
+                moved_at, last_mark = now, mark
+            elif now - moved_at > STALL_S:
+                return f"no progress for {STALL_S:.0f}s ({parts.service.ready() or 'ready'})"
+            if now >= next_show:
+                display.show(_snapshot(parts))
+                next_show += 1.0
+            await asyncio.sleep(0.05)
+    finally:
+        display.show(_snapshot(parts))
+        display.close()
+
+
+def _committed(parts: Parts, tp: TopicPartition) -> int:
+    pipeline = parts.service.pipeline
+    committed = pipeline.tracker.last_committed(tp) if pipeline is not None else None
+    return committed or 0
+
+
+def _caught_up(parts: Parts) -> bool:
+    produced = parts.produced
+    return produced.finished_at is not None and all(_committed(parts, tp) == end for tp, end in produced.ends.items())
+
+
+def _lag(parts: Parts) -> int:
+    return sum(max(0, end - _committed(parts, tp)) for tp, end in parts.produced.ends.items())
+
+
+def _progress_mark(parts: Parts) -> tuple[int, ...]:
+    m = parts.service.metrics
+    return (
+        parts.produced.acked,
+        int(metric_sum(m.records_consumed)),
+        int(metric_sum(m.api_calls)),
+        int(metric_sum(m.records_dead_lettered)),
+        _lag(parts),
+    )
+
+
+def _snapshot(parts: Parts) -> Snapshot:
+    m, pipeline = parts.service.metrics, parts.service.pipeline
+    return Snapshot(
+        at=time.monotonic() - parts.started,
+        planned=parts.produced.planned,
+        produced=parts.produced.acked,
+        consumed=int(metric_sum(m.records_consumed)),
+        sent=int(metric_sum(m.records_sent)),
+        superseded=int(metric_sum(m.records_superseded)),
+        dead_lettered=int(metric_sum(m.records_dead_lettered)),
+        calls=int(metric_sum(m.records_per_call, "_count")),
+        call_records=int(metric_sum(m.records_per_call, "_sum")),
+        in_flight=int(gauge_value(m.in_flight)),
+        buffered=pipeline.buffered if pipeline is not None else 0,
+        lag=_lag(parts),
+    )
+
+
+async def _stop_service(parts: Parts) -> int | None:
+    """Stop the service as SIGTERM does (drain, final commit); its exit code, None if it did not stop in time."""
+    parts.service.stop_requested.set()
+    task = parts.service_task
+    await asyncio.wait({task}, timeout=DRAIN_BUDGET_S + 30)
+    if not task.done():
+        await _cancel(task)
+        return None
+    if task.cancelled():
+        return None
+    return task.result() if task.exception() is None else EXIT_FAILURE
+
+
+def _service_outcome(task: asyncio.Task[int]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return f"exit {task.result()}" if error is None else f"{type(error).__name__}: {error}"
+
+
+def _ingestor_check(parts: Parts, problem: str | None, service_exit: int | None) -> Check:
+    if problem is not None:
+        return Check(False, "every partition was committed to its end", (problem,))
+    if parts.options.keep_running:
+        reason = parts.service.ready()
+        return Check(reason is None, "the ingestor caught up and stays ready", (reason,) if reason else ())
+    if service_exit == EXIT_OK:
+        return Check(True, "the ingestor caught up, drained and stopped cleanly (exit 0)")
+    outcome = _service_outcome(parts.service_task) if service_exit is not None else "did not stop in time"
+    return Check(False, "the ingestor stopped cleanly", (outcome,))
+
+
+async def _keep_running(parts: Parts) -> None:
+    s = parts.settings
+    health = parts.service.health
+    metrics_port = health.port if health is not None else s.metrics.port
+    topics = ", ".join(f"{t} ({n} partitions)" for t, n in PARTITIONS.items())
+    print("\nStill running; Ctrl-C stops everything.")
+    print(f"  Kafka bootstrap servers   {parts.broker.bootstrap_servers}   topics {topics}")
+    print(f"                            dead-letter topic {s.kafka.dead_letter_topic}, group {s.kafka.group_id}")
+    print(f"  Personalize endpoint      {parts.emulator.url}   (GET /_emulator/state, /_emulator/stats)")
+    print(
+        f"  ingestor metrics          http://{s.metrics.host}:{metrics_port}/metrics   (/healthz /readyz)", flush=True
+    )
+    await asyncio.wait({parts.service_task})
+    print(f"the ingestor stopped: {_service_outcome(parts.service_task)}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- the proof
+
+
+async def prove(parts: Parts, expect: Expectation, ingestor: Check) -> Proof:
+    """Checks the run from the outside, against what the generated stream says must happen:
+
+    * for items and users, the endpoint's final state equals the latest valid event of every id, and nothing else;
+    * the dead-letter topic holds exactly the bad records, byte for byte (no more, no fewer);
+    * no call carried more than 10 records (the PutItems/PutUsers limit);
+    * the ingestor caught up and stopped cleanly (``ingestor``, decided by the caller).
+    """
+    checks = []
+    for route in parts.settings.routes:
+        wrong = expect.mismatches(route.topic, await parts.emulator.client.records(route.dataset_arn))
+        ids = len(expect.latest.get(route.topic, {}))
+        checks.append(
+            Check(
+                not wrong,
+                f"{route.kind}: the endpoint holds the latest valid event of all {ids} ids",
+                (*wrong[:5], *([f"... {len(wrong) - 5} more"] if len(wrong) > 5 else [])),
+            )
+        )
+    want = Counter(e.value for e in expect.invalid)
+    dead = await _read_dead_letters(parts, len(expect.invalid))
+    got = Counter(r.value for r in dead)
+    missing, extra = want - got, got - want
+    checks.append(
+        Check(
+            not missing and not extra,
+            f"the dead-letter topic holds exactly the {len(expect.invalid)} bad records, byte for byte",
+            tuple(
+                f"{n} {what}"
+                for n, what in ((missing.total(), "bad records missing"), (extra.total(), "unexpected records"))
+                if n
+            ),
+        )
+    )
+    stats = await parts.emulator.client.stats()
+    peak = stats["max_records_per_call"]
+    checks.append(Check(peak <= MAX_RECORDS_PER_CALL, f"at most {MAX_RECORDS_PER_CALL} records per call (max {peak})"))
+    checks.append(ingestor)
+    return Proof(checks, dead, stats)
+
+
+async def _read_dead_letters(parts: Parts, expected: int) -> list[Any]:
+    """``read_topic`` stops after a quiet second; should a slow first fetch end it early, read again more patiently."""
+    bootstrap, topic = parts.broker.bootstrap_servers, parts.settings.kafka.dead_letter_topic
+    records = await read_topic(bootstrap, topic, idle_s=1.0)
+    if len(records) < expected:
+        records = await read_topic(bootstrap, topic, idle_s=3.0)
+    return records
+
+
+# ---------------------------------------------------------------------- printing
+
+
+def _print_intro(parts: Parts, expect: Expectation) -> None:
+    o = parts.options
+    ids = sum(len(by_id) for by_id in expect.latest.values())
+    rate = f"{o.rate:g} records/s" if o.rate > 0 else "full speed"
+    if o.quotas:
+        quotas = "Personalize quotas ON: PutItems and PutUsers 10 calls/s each (≤ 100 records/s per API)"
+    else:
+        quotas = "quotas OFF (--no-quotas)"
+    chaos = f"; chaos: {o.fault_rate:g} 5xx, {o.throttle_rate:g} throttled" if o.fault_rate or o.throttle_rate else ""
+    print(f"ingestor demo: {o.records} records ({len(expect.invalid)} bad) on {ids} ids at {rate}; {quotas}{chaos}")
+    print(f"  broker {parts.broker.bootstrap_servers}   Personalize endpoint {parts.emulator.url}", flush=True)
+
+
+def _print_summary(parts: Parts, expect: Expectation, proof: Proof) -> None:
+    snap = _snapshot(parts)
+    produced = parts.produced
+    began = produced.started_at or parts.started
+    ended = parts.caught_up_at or time.monotonic()
+    took = max(1e-9, ended - began)
+    print("\nSummary")
+    print(
+        f"  elapsed       {ended - parts.started:.1f}s: {snap.produced} records produced in "
+        f"{(produced.finished_at or began) - began:.1f}s, all committed {took:.1f}s after the first one"
+    )
+    print(
+        f"  throughput    {snap.consumed / took:.0f} records/s consumed end to end; "
+        f"Personalize {snap.sent / took:.0f} records/s in {snap.calls / took:.1f} calls/s"
+    )
+    for api, calls in proof.endpoint_stats["calls"].items():
+        if sum(calls.values()):
+            outcomes = ", ".join(f"{n} {outcome}" for outcome, n in calls.items() if n)
+            records = proof.endpoint_stats["records"][api]["ok"]
+            print(f"  {api:<13} {sum(calls.values())} calls ({outcomes}), {records} records stored")
+    print(f"  records/call  {snap.records_per_call:.1f} on average, max {proof.endpoint_stats['max_records_per_call']}")
+    same = "=" if snap.consumed == snap.sent + snap.superseded + snap.dead_lettered else "≠"
+    print(
+        f"  accounting    {snap.consumed} consumed {same} {snap.sent} sent + {snap.superseded} superseded "
+        f"(coalesced by id) + {snap.dead_lettered} dead-lettered"
+    )
+    _print_dead_letters(proof.dead_letters)
+    print("  checks")
+    for check in proof.checks:
+        print(f"    [{'PASS' if check.ok else 'FAIL'}] {check.text}")
+        for detail in check.details:
+            print(f"           {detail}")
+    verdict = "ALL CHECKS PASSED" if proof.passed else "SOME CHECKS FAILED"
+    print(f"{verdict} (exit {EXIT_OK if proof.passed else EXIT_FAILURE})", flush=True)
+
+
+def _print_dead_letters(records: list[Any]) -> None:
+    headers = [{k: (v or b"").decode("utf-8", "replace") for k, v in r.headers} for r in records]
+    stages = Counter(h.get(H_STAGE, "?") for h in headers)
+    print(
+        f"  dead-letter   {len(records)} records by stage: " + (", ".join(f"{s} {n}" for s, n in stages.items()) or "-")
+    )
+    examples: dict[str, str] = {}  # one per kind of problem: the reason without its "topic/partition@offset: "
+    for h in headers:
+        reason = h.get(H_REASON, "?")
+        examples.setdefault(reason.partition(": ")[2], reason)
+    for reason in list(examples.values())[:3]:
+        print(f"                e.g. {reason[:160]}")
