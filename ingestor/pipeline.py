@@ -262,7 +262,8 @@ class Pipeline:
             ds.wake.set()
         deadline = self._clock() + timeout_s
         while self.tracker.pending_total > 0 and self._clock() < deadline and self.failure is None:
-            if self.fatal is not None and not self._calls and self.dlq.pending == 0:
+            healthy_idle = all(ds.buffer.buffered == 0 for ds in self.datasets if ds.fatal is None)
+            if self.fatal is not None and healthy_idle and self.dlq.pending == 0:
                 break  # only the fatal route's records are left: they will never be done
             await asyncio.sleep(0.02)
         self._flushing = False

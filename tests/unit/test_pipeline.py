@@ -137,3 +137,39 @@ async def test_tombstones_are_done_at_once(harness) -> None:
     pipeline, _, _ = harness
     pipeline.ingest(SourceRecord("catalog.items", 0, 0, b"i1", None))
     assert pipeline.tracker.to_commit() == {TP: 1}
+
+
+async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> None:
+    users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+    s = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={"rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0}},
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": users_arn, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1000},  # users wait for the drain's flush, not for linger
+    )
+    personalize = FakePersonalize()
+    personalize.on_call = lambda arn, _: (
+        personalize.fail_next.append(client_error("ResourceNotFoundException")) if arn == ITEMS_ARN else None
+    )
+    metrics = Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))
+        await wait_until(lambda: pipeline.fatal is not None, timeout=5, what="the fatal error")
+        for i in range(3):  # buffered after the fatal error, waiting for their linger
+            user = {"USER_ID": f"u{i}", "MEMBERSHIP": "gold"}
+            pipeline.ingest(SourceRecord("crm.users", 0, i, None, json.dumps(user).encode()))
+        assert not await pipeline.drain(5)  # the items record can never be done...
+        assert set(personalize.state[users_arn]) == {"u0", "u1", "u2"}  # ...but the users were delivered
+        assert pipeline.tracker.to_commit() == {TopicPartition("crm.users", 0): 3, TP: 0}
+    finally:
+        await pipeline.stop()
