@@ -173,3 +173,44 @@ async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> 
         assert pipeline.tracker.to_commit() == {TopicPartition("crm.users", 0): 3, TP: 0}
     finally:
         await pipeline.stop()
+
+
+def pipeline_with(personalize: FakePersonalize, producer: FakeProducer, **retry: object) -> Pipeline:
+    s = settings(**retry)
+    metrics = Metrics()
+    return Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
+
+
+async def test_exhausted_retries_dead_letter_when_configured() -> None:
+    personalize, producer = FakePersonalize(), FakeProducer()
+    personalize.fail_next = [client_error("ServiceUnavailable", 503)] * 3
+    pipeline = pipeline_with(personalize, producer, max_attempts=3, on_exhausted="dead_letter")
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))
+        assert await pipeline.drain(10)
+        assert len(producer.sent) == 1
+        headers = producer.headers_of(0)
+        assert headers["ingestor.error.stage"] == "api"
+        assert "retries exhausted" in headers["ingestor.error.reason"]
+        assert pipeline.tracker.to_commit() == {TP: 1}
+    finally:
+        await pipeline.stop()
+
+
+async def test_exhausted_retries_block_the_partition_and_recover() -> None:
+    personalize, producer = FakePersonalize(), FakeProducer()
+    personalize.fail_next = [client_error("ServiceUnavailable", 503)] * 4
+    pipeline = pipeline_with(personalize, producer, max_attempts=2, max_delay_s=0.05)
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))
+        await wait_until(lambda: pipeline.stalled is not None, timeout=5, what="the retry budget to run out")
+        assert pipeline.tracker.to_commit() == {TP: 0}  # nothing committed past the undelivered record
+        assert producer.sent == []  # and nothing dead-lettered
+        assert await pipeline.drain(10)  # retried after max_delay_s; the service recovers by itself
+        assert pipeline.stalled is None
+        assert set(personalize.state[ITEMS_ARN]) == {"i1"}
+        assert pipeline.tracker.to_commit() == {TP: 1}
+    finally:
+        await pipeline.stop()
