@@ -247,20 +247,28 @@ class Settings(BaseSettings):
         if path is not None:
             path = Path(path)
             where = str(path)
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise ConfigError(f"config file {path}: cannot be read ({exc.strerror}); pass --config FILE") from exc
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
-            data = _resolve_paths(loaded or {}, path.parent.resolve())
+            loaded = read_yaml_mapping(path, "config file", "pass --config FILE")
+            data = _resolve_paths(loaded, path.parent.resolve())
         data.update(overrides)
         try:
             return cls(**data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def read_yaml_mapping(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); errors name the file and what is wrong."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot be read ({exc.strerror})" + (f"; {hint}" if hint else "")) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML ({exc})") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path}: the top level must be a mapping of sections")
+    return loaded
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingestor.config import read_yaml_mapping
 from ingestor.errors import ConfigError
 from ingestor.schema import DatasetKind, DatasetSchema
 
@@ -136,14 +136,7 @@ class EmulatorConfig(_Frozen):
     def load(cls, path: Path | str, **overrides: Any) -> EmulatorConfig:
         """Read the YAML file, resolve schema paths against its folder, apply overrides (see ``updated``)."""
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"emulator config {path}: cannot be read ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"emulator config {path}: not valid YAML ({exc})") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"emulator config {path}: the top level must be a mapping (datasets, quotas, faults)")
+        loaded = read_yaml_mapping(path, "emulator config")
         base = path.parent.resolve()
         datasets = loaded.get("datasets")
         if isinstance(datasets, list):
