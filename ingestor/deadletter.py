@@ -3,7 +3,9 @@
 A dead-lettered record is done only once the broker acknowledged it: ``on_done`` is called then, never before.
 A failed write is retried until it succeeds or the service stops (then the record stays uncommitted and is read
 again after a restart: nothing is dropped). A value too large for the producer is truncated, and the header
-``ingestor.value.truncated`` gives the original length.
+``ingestor.value.truncated`` gives the original length. If the record is still too large (a huge key or huge source
+headers), the key is truncated too (``ingestor.key.truncated``: its length) and the source's headers are left out
+(``ingestor.source.headers.dropped``: how many).
 """
 
 from __future__ import annotations
@@ -33,7 +35,23 @@ H_PARTITION = "ingestor.source.partition"
 H_OFFSET = "ingestor.source.offset"
 H_DATASET = "ingestor.dataset.arn"
 H_TRUNCATED = "ingestor.value.truncated"
-OUR_HEADERS = frozenset({H_STAGE, H_REASON, H_CLASS, H_TOPIC, H_PARTITION, H_OFFSET, H_DATASET, H_TRUNCATED})
+H_KEY_TRUNCATED = "ingestor.key.truncated"
+H_HEADERS_DROPPED = "ingestor.source.headers.dropped"
+OUR_HEADERS = frozenset(
+    {
+        H_STAGE,
+        H_REASON,
+        H_CLASS,
+        H_TOPIC,
+        H_PARTITION,
+        H_OFFSET,
+        H_DATASET,
+        H_TRUNCATED,
+        H_KEY_TRUNCATED,
+        H_HEADERS_DROPPED,
+    }
+)
+TRUNCATED_KEY_BYTES = 1024  # a key left after the value was truncated and the record is still too large
 
 
 class Producer(Protocol):
@@ -71,6 +89,7 @@ class DeadLetterQueue:
         metrics: Metrics,
         on_done: Callable[[SourceRecord], None],
         *,
+        on_task_done: Callable[[asyncio.Task[None]], None] = lambda task: None,
         timeout_s: float = 30.0,
         retry_delay_s: float = 1.0,
     ) -> None:
@@ -78,6 +97,7 @@ class DeadLetterQueue:
         self.topic = topic
         self._metrics = metrics
         self._on_done = on_done
+        self._on_task_done = on_task_done  # sees every finished write: a write that raised is a bug, not a skip
         self._timeout_s = timeout_s
         self._retry_delay_s = retry_delay_s
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,6 +116,7 @@ class DeadLetterQueue:
         task = asyncio.create_task(self._deliver(record, stage, headers), name=f"dlq {record.where}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._on_task_done)
 
     def _summarize(self, stage: str, reason: str, dataset_arn: str | None) -> None:
         """At most one WARNING per SUMMARY_EVERY_S: counts by stage and the latest reason (never one per record)."""
@@ -115,19 +136,31 @@ class DeadLetterQueue:
         self._summary_at = now
 
     async def _deliver(self, record: SourceRecord, stage: str, headers: list[tuple[str, bytes]]) -> None:
-        value = record.value
+        value, key = record.value, record.key
         while True:
             try:
-                ack = await self._producer.send(self.topic, value=value, key=record.key, headers=headers)
+                ack = await self._producer.send(self.topic, value=value, key=key, headers=headers)
                 async with asyncio.timeout(self._timeout_s):
                     await ack
                 break
             except MessageSizeTooLargeError:
-                if value is None or len(value) <= TRUNCATED_VALUE_BYTES:
-                    raise
-                log.warning("%s: value of %d bytes too large for the DLQ; truncating", record.where, len(value))
-                headers = [*headers, (H_TRUNCATED, str(len(value)).encode())]
-                value = value[:TRUNCATED_VALUE_BYTES]
+                if value is not None and len(value) > TRUNCATED_VALUE_BYTES:
+                    log.warning("%s: value of %d bytes too large for the DLQ; truncating", record.where, len(value))
+                    headers = [*headers, (H_TRUNCATED, str(len(value)).encode())]
+                    value = value[:TRUNCATED_VALUE_BYTES]
+                    continue
+                if any(k in (H_KEY_TRUNCATED, H_HEADERS_DROPPED) for k, _ in headers):
+                    raise  # already as small as it gets
+                # The key or the source's headers are what is too large: keep their sizes, not their bytes.
+                log.warning(
+                    "%s: key or headers too large for the DLQ; truncating the key, leaving out the source's headers",
+                    record.where,
+                )
+                ours = [(k, v) for k, v in headers if k in OUR_HEADERS]
+                headers = [*ours, (H_HEADERS_DROPPED, str(len(headers) - len(ours)).encode())]
+                if key is not None and len(key) > TRUNCATED_KEY_BYTES:
+                    headers.append((H_KEY_TRUNCATED, str(len(key)).encode()))
+                    key = key[:TRUNCATED_KEY_BYTES]
             except (KafkaError, TimeoutError) as exc:
                 log.warning("%s: DLQ write failed (%s: %s); retrying", record.where, type(exc).__name__, exc)
                 await asyncio.sleep(self._retry_delay_s)

@@ -68,6 +68,7 @@ class Pipeline:
             settings.kafka.dead_letter_topic,
             metrics,
             on_done=self._source_done,
+            on_task_done=self._check_task,
             timeout_s=settings.kafka.dlq_timeout_s,
         )
         limiters: dict[tuple[str, str], RateLimiter] = {}

@@ -214,3 +214,18 @@ async def test_exhausted_retries_block_the_partition_and_recover() -> None:
         assert pipeline.tracker.to_commit() == {TP: 1}
     finally:
         await pipeline.stop()
+
+
+async def test_a_dead_letter_write_that_raises_fails_the_pipeline_loudly(harness) -> None:
+    pipeline, _, producer = harness
+    failed = asyncio.Event()
+    pipeline.on_failure = failed.set
+
+    async def broken_send(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("producer bug")
+
+    producer.send = broken_send  # type: ignore[method-assign]
+    pipeline.ingest(SourceRecord("catalog.items", 0, 0, b"k", b"{not json"))
+    await wait_until(failed.is_set, timeout=5, what="the failure to surface")
+    assert isinstance(pipeline.failure, RuntimeError)
+    assert pipeline.tracker.to_commit() == {TP: 0}  # never counted as done
