@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
 BROKER_PROBE_S = 10.0  # how often the broker is asked for metadata (readiness)
 BROKER_STALE_S = 30.0  # /readyz fails when the broker has not answered for this long
-COMMIT_STALL_S = 300.0  # /healthz fails when records are pending and no commit advanced for this long
+COMMIT_STALL_S = 300.0
+PROGRESS_LOG_S = (
+    60  # one progress line a minute  # /healthz fails when records are pending and no commit advanced for this long
+)
 
 
 def personalize_client(settings: Settings) -> Any:
@@ -211,14 +214,33 @@ class Service:
 
     async def _commit_loop(self, source: KafkaSource) -> None:
         next_probe = 0.0
+        next_report, last = time.monotonic() + PROGRESS_LOG_S, self.metrics.totals()
         while True:
             await asyncio.sleep(self.settings.kafka.commit_interval_s)
             if await source.commit():
                 self._progress_at = time.monotonic()
             source.update_lag()
-            if time.monotonic() >= next_probe:
-                next_probe = time.monotonic() + BROKER_PROBE_S
+            now = time.monotonic()
+            if now >= next_probe:
+                next_probe = now + BROKER_PROBE_S
                 await source.check_broker()
+            if now >= next_report:
+                next_report, last = now + PROGRESS_LOG_S, self._report_progress(last)
+
+    def _report_progress(self, last: dict[str, float]) -> dict[str, float]:
+        """One INFO line a minute: what happened since the last one (never a line per record)."""
+        totals = self.metrics.totals()
+        delta = {k: int(v - last.get(k, 0)) for k, v in totals.items()}
+        buffered = self.pipeline.buffered if self.pipeline else 0
+        log.info(
+            "last %ds: consumed %d, sent %d, superseded %d, dead-lettered %d, skipped (deletes) %d, %d calls; "
+            "%d records buffered",
+            PROGRESS_LOG_S,
+            *(delta[k] for k in ("consumed", "sent", "superseded", "dead_lettered", "skipped", "calls")),
+            buffered,
+            extra={"progress": delta, "buffered": buffered},
+        )
+        return totals
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

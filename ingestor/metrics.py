@@ -92,3 +92,18 @@ class Metrics:
         self.ready = Gauge(
             "ingestor_ready", "1 when the service is ready (joined, broker reachable, no fatal error).", registry=r
         )
+
+    def totals(self) -> dict[str, float]:
+        """Counter totals summed over their labels, for the periodic progress log line."""
+        counters = {
+            "consumed": self.records_consumed,
+            "sent": self.records_sent,
+            "superseded": self.records_superseded,
+            "dead_lettered": self.records_dead_lettered,
+            "skipped": self.records_skipped,
+            "calls": self.api_calls,
+        }
+        return {
+            name: sum(s.value for m in c.collect() for s in m.samples if s.name.endswith("_total"))
+            for name, c in counters.items()
+        }
