@@ -117,7 +117,7 @@ class Pipeline:
         try:
             change = decode(rec, topic.schema.kind, topic.route.format)
         except RecordError as exc:
-            self._dead_letter(rec, "decode", str(exc), type(exc).__name__, arn)
+            self._dead_letter(rec, exc.stage, str(exc), type(exc).__name__, arn)
             return
         except Exception as exc:  # a poison record must never block: DLQ it, loudly
             log.exception("unexpected error decoding %s", rec.where)
@@ -132,7 +132,7 @@ class Pipeline:
         try:
             request = topic.schema.build_record(change.record_id, change.fields)
         except RecordError as exc:
-            self._dead_letter(rec, "validate", f"{rec.where}: {exc}", type(exc).__name__, arn)
+            self._dead_letter(rec, exc.stage, f"{rec.where}: {exc}", type(exc).__name__, arn)
             return
         except Exception as exc:
             log.exception("unexpected error validating %s", rec.where)

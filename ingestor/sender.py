@@ -114,7 +114,6 @@ class Sender:
         self._retry = retry
         self._clock = clock
         self._sleep = sleep
-        self.last_error: str | None = None  # the last retryable failure, for logs and readiness
 
     async def send(
         self, target: Target, batch: list[Pending], limiter: RateLimiter, *, prepaid: bool = False
@@ -201,18 +200,15 @@ class Sender:
                 raise FatalRouteError(_fatal_hint(target, code, message)) from exc
             if code in THROTTLING_CODES:
                 outcome = "throttled"
-                self.last_error = f"{target.api} throttled: {message}"
-                raise ThrottledError(self.last_error) from exc
+                raise ThrottledError(f"{target.api} throttled: {message}") from exc
             outcome = "server_error" if status >= 500 or status == 0 else "client_error"
-            self.last_error = f"{target.api} failed with {code or status}: {message}"
-            raise DeliveryError(self.last_error) from exc
+            raise DeliveryError(f"{target.api} failed with {code or status}: {message}") from exc
         except botocore.exceptions.NoCredentialsError as exc:
             outcome = "fatal"
             raise FatalRouteError(_fatal_hint(target, "NoCredentials", str(exc))) from exc
         except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, TimeoutError, OSError) as exc:
             outcome = "server_error"
-            self.last_error = f"{target.api} failed: {type(exc).__name__}: {exc}"
-            raise DeliveryError(self.last_error) from exc
+            raise DeliveryError(f"{target.api} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             m.in_flight.dec()
             m.api_calls.labels(target.api, outcome).inc()

@@ -80,7 +80,6 @@ class KafkaSource:
         self._paused: set[TopicPartition] = set()
         self._stopping = False
         self.joined = False
-        self.generation_changes = 0
         self.last_fetch_ok: float | None = None
         self.broker_ok_at: float | None = None
 
@@ -215,7 +214,6 @@ class KafkaSource:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
-        self.generation_changes += 1
         # After a rebalance every partition comes back unpaused: re-apply ours before any await.
         keep = {tp for tp in self._paused if tp in assigned}
         if keep:
