@@ -276,6 +276,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("INGESTOR_CONFIG"),
         help="YAML config file (default: $INGESTOR_CONFIG); every key can be overridden by INGESTOR_<SECTION>__<KEY>",
     )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration (file, environment, schemas), print the effective routes and exit",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -284,5 +289,23 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingestor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.check_config:
+        print(describe(settings))
+        return EXIT_OK
     configure_logging(settings.logging.level, settings.logging.format)
     return int(run_async(serve(settings)))
+
+
+def describe(settings: Settings) -> str:
+    """The effective configuration in a few lines (no secrets)."""
+    k, p = settings.kafka, settings.personalize
+    lines = [
+        f"configuration OK: Kafka {k.bootstrap_servers} ({k.security.protocol}), group {k.group_id}, "
+        f"DLQ {k.dead_letter_topic}",
+        f"Personalize {p.endpoint_url or 'AWS ' + p.region}, {p.max_in_flight} calls in flight, "
+        f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
+    ]
+    for r in settings.routes:
+        fields = ", ".join(f.name for f in r.load_schema().fields)
+        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields})")
+    return "\n".join(lines)

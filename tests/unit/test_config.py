@@ -1,0 +1,87 @@
+"""Settings: YAML + environment, relative paths, and start-up errors that name the setting and the fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ingestor.app import main as run_main
+from ingestor.cli import build_parser
+from ingestor.config import Settings
+from ingestor.errors import ConfigError
+
+CONFIG = Path(__file__).parents[2] / "config"
+
+
+@pytest.fixture
+def config_copy(tmp_path: Path) -> Path:
+    shutil.copytree(CONFIG, tmp_path / "config")
+    return tmp_path / "config" / "ingestor.yaml"
+
+
+def test_the_example_config_loads_with_schemas_resolved_against_its_folder(config_copy: Path) -> None:
+    s = Settings.load(config_copy)
+    assert s.routes[0].schema_path == config_copy.parent / "schemas/items.avsc"
+    assert s.routes[0].dataset_group == "shop" and s.routes[0].api == "PutItems"
+    assert s.batching.max_records == 10 and s.kafka.auto_offset_reset == "earliest"
+
+
+def test_environment_overrides_the_file(config_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGESTOR_KAFKA__BOOTSTRAP_SERVERS", "broker:9093")
+    monkeypatch.setenv("INGESTOR_BATCHING__LINGER_MS", "7")
+    s = Settings.load(config_copy)
+    assert s.kafka.bootstrap_servers == "broker:9093"
+    assert s.batching.linger_ms == 7
+    assert s.kafka.group_id == "personalize-ingestor"  # the file's other keys stay
+
+
+def test_settings_are_frozen(config_copy: Path) -> None:
+    s = Settings.load(config_copy)
+    with pytest.raises(ValueError, match="frozen"):
+        s.batching.linger_ms = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        (("max_records: 10", "max_records: 11"), ["batching.max_records", "INGESTOR_BATCHING__MAX_RECORDS"]),
+        (("kind: items ", "kind: movies "), ["routes.0.kind", "'items' or 'users'"]),
+        (("dataset/shop/ITEMS", "datasets/shop"), ["routes.0.dataset_arn", "dataset/DATASET_GROUP"]),
+        (("schemas/items.avsc", "schemas/missing.avsc"), ["routes.0", "missing.avsc", "cannot be read"]),
+        (("linger_ms: 50", "linger_ms: 50\n  surprise: 1"), ["batching.surprise", "Extra inputs"]),
+        (("dead_letter_topic: personalize-ingestor-dlq", "dead_letter_topic: crm.users"), ["dead_letter_topic"]),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_key(
+    config_copy: Path, edit: tuple[str, str], fragments: list[str]
+) -> None:
+    text = config_copy.read_text()
+    assert edit[0] in text
+    config_copy.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(ConfigError) as info:
+        Settings.load(config_copy)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_unreadable_or_invalid_files_say_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        Settings.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Settings.load(bad)
+
+
+def test_check_config_prints_the_routes_and_bad_config_exits_2(
+    config_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser("run").parse_args(["run", "--config", str(config_copy), "--check-config"])
+    assert run_main(args) == 0
+    out = capsys.readouterr().out
+    assert "configuration OK" in out and "catalog.items → PutItems" in out
+    config_copy.write_text(config_copy.read_text().replace("max_records: 10", "max_records: 0"))
+    assert run_main(args) == 2
+    assert "batching.max_records" in capsys.readouterr().err
