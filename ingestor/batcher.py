@@ -27,6 +27,7 @@ class Pending:
     source: SourceRecord
     record_id: str
     request: dict[str, str]  # the API record: {"itemId": ..., "properties": "..."}
+    epoch: int = 0  # the offset tracker's epoch of the record's partition when it was fetched
     first_attempt: float | None = None  # set by the sender: the start of the record's retry budget
 
 

@@ -87,7 +87,6 @@ class DeadLetterQueue:
         producer: Producer,
         topic: str,
         metrics: Metrics,
-        on_done: Callable[[SourceRecord], None],
         *,
         on_task_done: Callable[[asyncio.Task[None]], None] = lambda task: None,
         timeout_s: float = 30.0,
@@ -96,7 +95,6 @@ class DeadLetterQueue:
         self._producer = producer
         self.topic = topic
         self._metrics = metrics
-        self._on_done = on_done
         self._on_task_done = on_task_done  # sees every finished write: a write that raised is a bug, not a skip
         self._timeout_s = timeout_s
         self._retry_delay_s = retry_delay_s
@@ -108,12 +106,20 @@ class DeadLetterQueue:
     def pending(self) -> int:
         return len(self._tasks)
 
-    def add(self, record: SourceRecord, stage: str, reason: str, error_class: str, dataset_arn: str | None) -> None:
-        """Dead-letter ``record``; ``on_done(record)`` runs once the broker has it."""
+    def add(
+        self,
+        record: SourceRecord,
+        stage: str,
+        reason: str,
+        error_class: str,
+        dataset_arn: str | None,
+        on_done: Callable[[], None],
+    ) -> None:
+        """Dead-letter ``record``; ``on_done()`` runs once the broker has it, never before."""
         log.debug("dead-lettering %s (stage %s): %s", record.where, stage, reason[:300])
         self._summarize(stage, reason, dataset_arn)
         headers = dlq_headers(record, stage, reason, error_class, dataset_arn)
-        task = asyncio.create_task(self._deliver(record, stage, headers), name=f"dlq {record.where}")
+        task = asyncio.create_task(self._deliver(record, stage, headers, on_done), name=f"dlq {record.where}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(self._on_task_done)
@@ -135,7 +141,9 @@ class DeadLetterQueue:
         self._recent.clear()
         self._summary_at = now
 
-    async def _deliver(self, record: SourceRecord, stage: str, headers: list[tuple[str, bytes]]) -> None:
+    async def _deliver(
+        self, record: SourceRecord, stage: str, headers: list[tuple[str, bytes]], on_done: Callable[[], None]
+    ) -> None:
         value, key = record.value, record.key
         while True:
             try:
@@ -165,7 +173,7 @@ class DeadLetterQueue:
                 log.warning("%s: DLQ write failed (%s: %s); retrying", record.where, type(exc).__name__, exc)
                 await asyncio.sleep(self._retry_delay_s)
         self._metrics.records_dead_lettered.labels(stage).inc()
-        self._on_done(record)
+        on_done()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait for every DLQ write in progress; True when all were acknowledged in time."""

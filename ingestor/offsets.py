@@ -47,24 +47,31 @@ class PartitionOffsets:
 
 
 class OffsetTracker:
-    """All partitions of this member. The commit loop asks ``to_commit()`` and reports back ``committed()``."""
+    """All partitions of this member. The commit loop asks ``to_commit()`` and reports back ``committed()``.
+
+    ``track`` returns the partition's epoch, which ``done`` must be given back: a partition dropped on revocation and
+    assigned again starts a new epoch, so a late done mark from before (a DLQ write that finished after the
+    revocation) can never mark the re-read record of the same offset done.
+    """
 
     def __init__(self) -> None:
         self._parts: dict[TopicPartition, PartitionOffsets] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._epochs: dict[TopicPartition, int] = {}
         self.pending_total = 0
 
-    def track(self, tp: TopicPartition, offset: int) -> None:
+    def track(self, tp: TopicPartition, offset: int) -> int:
         part = self._parts.get(tp)
         if part is None:
             part = self._parts[tp] = PartitionOffsets()
         part.track(offset)
         self.pending_total += 1
+        return self._epochs.get(tp, 0)
 
-    def done(self, tp: TopicPartition, offset: int) -> None:
+    def done(self, tp: TopicPartition, offset: int, epoch: int) -> None:
         part = self._parts.get(tp)
-        if part is None:
-            return  # the partition was revoked and dropped; its records will be re-read by the new owner
+        if part is None or epoch != self._epochs.get(tp, 0):
+            return  # from before a revocation: the partition's records are read again by whoever owns it
         part.done(offset)
         self.pending_total -= 1
 
@@ -103,3 +110,4 @@ class OffsetTracker:
             if part is not None:
                 self.pending_total -= part.pending_count
             self._committed.pop(tp, None)
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1

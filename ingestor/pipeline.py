@@ -67,7 +67,6 @@ class Pipeline:
             dlq_producer,
             settings.kafka.dead_letter_topic,
             metrics,
-            on_done=self._source_done,
             on_task_done=self._check_task,
             timeout_s=settings.kafka.dlq_timeout_s,
         )
@@ -112,43 +111,45 @@ class Pipeline:
 
     def ingest(self, rec: SourceRecord) -> None:
         topic = self._topics[rec.topic]
-        self.tracker.track(rec.tp, rec.offset)
+        epoch = self.tracker.track(rec.tp, rec.offset)
         arn = topic.dataset.target.dataset_arn
         try:
             change = decode(rec, topic.schema.kind, topic.route.format)
         except RecordError as exc:
-            self._dead_letter(rec, exc.stage, str(exc), type(exc).__name__, arn)
+            self._dead_letter(rec, epoch, exc.stage, str(exc), type(exc).__name__, arn)
             return
         except Exception as exc:  # a poison record must never block: DLQ it, loudly
             log.exception("unexpected error decoding %s", rec.where)
-            self._dead_letter(rec, "decode", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn)
+            self._dead_letter(
+                rec, epoch, "decode", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn
+            )
             return
         if change.op is Op.DELETE:
             # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
             log.debug("skipping delete/tombstone %s (id %s)", rec.where, change.record_id)
-            self.tracker.done(rec.tp, rec.offset)
+            self.tracker.done(rec.tp, rec.offset, epoch)
             return
         try:
             request = topic.schema.build_record(change.record_id, change.fields)
         except RecordError as exc:
-            self._dead_letter(rec, exc.stage, f"{rec.where}: {exc}", type(exc).__name__, arn)
+            self._dead_letter(rec, epoch, exc.stage, f"{rec.where}: {exc}", type(exc).__name__, arn)
             return
         except Exception as exc:
             log.exception("unexpected error validating %s", rec.where)
-            self._dead_letter(rec, "validate", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn)
+            reason = f"{rec.where}: {type(exc).__name__}: {exc}"
+            self._dead_letter(rec, epoch, "validate", reason, type(exc).__name__, arn)
             return
         ds = topic.dataset
         assert change.record_id is not None  # build_record checked it
-        if ds.buffer.add(Pending(rec, change.record_id, request), self._clock()):
+        if ds.buffer.add(Pending(rec, change.record_id, request, epoch=epoch), self._clock()):
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
 
-    def _dead_letter(self, rec: SourceRecord, stage: str, reason: str, error_class: str, arn: str | None) -> None:
-        self.dlq.add(rec, stage, reason, error_class, arn)
-
-    def _source_done(self, rec: SourceRecord) -> None:
-        self.tracker.done(rec.tp, rec.offset)
+    def _dead_letter(
+        self, rec: SourceRecord, epoch: int, stage: str, reason: str, error_class: str, arn: str | None
+    ) -> None:
+        self.dlq.add(rec, stage, reason, error_class, arn, lambda: self.tracker.done(rec.tp, rec.offset, epoch))
 
     @property
     def buffered(self) -> int:
@@ -221,12 +222,11 @@ class Pipeline:
         for p in outcome.accepted:
             done = buf.accepted(p, now)
             for d in done:
-                self.tracker.done(d.source.tp, d.source.offset)
+                self.tracker.done(d.source.tp, d.source.offset, d.epoch)
         for p, reason in outcome.rejected:
             buf.rejected(p, now)
-            self._dead_letter(
-                p.source, "api", f"{p.source.where}: {reason}", "InvalidInputException", ds.target.dataset_arn
-            )
+            reason = f"{p.source.where}: {reason}"
+            self._dead_letter(p.source, p.epoch, "api", reason, "InvalidInputException", ds.target.dataset_arn)
 
     def _exhausted(self, ds: Dataset, batch: list[Pending], exc: DeliveryError) -> None:
         now = self._clock()
@@ -234,7 +234,8 @@ class Pipeline:
             for p in batch:
                 ds.buffer.rejected(p, now)
                 reason = f"{p.source.where}: retries exhausted: {exc}"
-                self._dead_letter(p.source, "api", reason, type(exc.__cause__ or exc).__name__, ds.target.dataset_arn)
+                error_class = type(exc.__cause__ or exc).__name__
+                self._dead_letter(p.source, p.epoch, "api", reason, error_class, ds.target.dataset_arn)
             return
         if self.stalled is None:
             log.error(

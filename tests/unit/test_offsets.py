@@ -72,9 +72,9 @@ def test_done_twice_or_untracked_is_a_bug() -> None:
 def test_tracker_reports_only_advanced_offsets_of_owned_partitions() -> None:
     tracker = OffsetTracker()
     other = TopicPartition("t", 1)
-    tracker.track(TP, 0)
+    epoch = tracker.track(TP, 0)
     tracker.track(other, 5)
-    tracker.done(TP, 0)
+    tracker.done(TP, 0, epoch)
     assert tracker.to_commit() == {TP: 1, other: 5}
     assert tracker.to_commit({TP}) == {TP: 1}
     tracker.committed({TP: 1})
@@ -84,8 +84,20 @@ def test_tracker_reports_only_advanced_offsets_of_owned_partitions() -> None:
 
 def test_dropped_partition_ignores_late_done_marks() -> None:
     tracker = OffsetTracker()
-    tracker.track(TP, 0)
+    epoch = tracker.track(TP, 0)
     tracker.drop({TP})
-    tracker.done(TP, 0)  # a call finished after revocation: ignored
+    tracker.done(TP, 0, epoch)  # a call finished after revocation: ignored
     assert tracker.to_commit() == {}
     assert tracker.pending_total == 0
+
+
+def test_a_late_done_mark_from_before_a_reassignment_does_not_touch_the_re_read_record() -> None:
+    tracker = OffsetTracker()
+    old = tracker.track(TP, 15)
+    tracker.drop({TP})  # revoked ...
+    new = tracker.track(TP, 15)  # ... assigned again: offset 15 is read again
+    assert new != old
+    tracker.done(TP, 15, old)  # the old generation's DLQ write finishes late
+    assert tracker.to_commit() == {TP: 15}  # the re-read record is still pending
+    tracker.done(TP, 15, new)
+    assert tracker.to_commit() == {TP: 16}

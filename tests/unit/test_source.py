@@ -82,7 +82,7 @@ async def test_backpressure_pauses_the_busiest_partitions_then_resumes() -> None
     assert consumer.paused == {KafkaTP(TOPIC, 0)}  # 115 buffered > 100: pausing the busiest is enough
     assert source.metrics.paused_partitions._value.get() == 1
     for off in range(80):  # partition 0 drains
-        pipeline.tracker.done(TopicPartition(TOPIC, 0), off)
+        pipeline.tracker.done(TopicPartition(TOPIC, 0), off, 0)
     source._backpressure()
     assert consumer.paused == set()  # 35 < 75 % of the limit: resumed
 
@@ -107,8 +107,8 @@ async def test_commit_passes_explicit_offsets_of_owned_partitions_only() -> None
     fill(pipeline, 0, 3)
     fill(pipeline, 1, 2)
     for off in range(3):
-        pipeline.tracker.done(TopicPartition(TOPIC, 0), off)
-    pipeline.tracker.done(TopicPartition(TOPIC, 1), 0)
+        pipeline.tracker.done(TopicPartition(TOPIC, 0), off, 0)
+    pipeline.tracker.done(TopicPartition(TOPIC, 1), 0, 0)
     consumer.assigned.discard(KafkaTP(TOPIC, 1))  # revoked meanwhile
     committed = await source.commit()
     assert committed == {TopicPartition(TOPIC, 0): 3}
@@ -120,7 +120,7 @@ async def test_commit_passes_explicit_offsets_of_owned_partitions_only() -> None
 async def test_commit_failed_is_not_retried_and_not_recorded() -> None:
     source, consumer, pipeline = make()
     fill(pipeline, 0, 1)
-    pipeline.tracker.done(TopicPartition(TOPIC, 0), 0)
+    pipeline.tracker.done(TopicPartition(TOPIC, 0), 0, 0)
     consumer.commit_error = CommitFailedError("rebalance in progress")
     assert await source.commit() == {}
     assert pipeline.tracker.last_committed(TopicPartition(TOPIC, 0)) is None
@@ -130,7 +130,7 @@ async def test_commit_failed_is_not_retried_and_not_recorded() -> None:
 async def test_a_commit_that_hangs_is_bounded_by_its_timeout() -> None:
     source, consumer, pipeline = make(commit_timeout_s=0.05)
     fill(pipeline, 0, 1)
-    pipeline.tracker.done(TopicPartition(TOPIC, 0), 0)
+    pipeline.tracker.done(TopicPartition(TOPIC, 0), 0, 0)
 
     async def hang(offsets: dict[KafkaTP, int]) -> None:
         await asyncio.Event().wait()
