@@ -536,6 +536,18 @@ async def state_mismatches(client: Any, expect: Expectation) -> list[str]:
     return [f"items {m}" for m in items] + [f"users {m}" for m in users]
 
 
+async def assert_exact(
+    client: Any, bootstrap: str, scenario: Scenario, produced: Produced, watcher: CommitWatcher
+) -> None:
+    """The promise, end to end: committed offsets never went backwards, the endpoint holds the last valid event per
+    id, and the DLQ holds every invalid record (bytes unchanged) and no valid one."""
+    assert watcher.polls > 0 and watcher.regressions == [], watcher.regressions
+    problems = await state_mismatches(client, produced.expect)
+    assert problems == [], summary(problems)
+    problems = dlq_problems(await read_dlq(bootstrap, scenario.dlq), produced)
+    assert problems == [], summary(problems)
+
+
 async def delivered_problems(
     client: Any, produced: Produced, committed: Mapping[TopicPartition, int | None]
 ) -> list[str]:

@@ -15,13 +15,10 @@ from tests.chaos.harness import (
     CommitWatcher,
     GroupOffsets,
     Scenario,
+    assert_exact,
     committed_count,
-    dlq_problems,
     ingestors,
     produce_stream,
-    read_dlq,
-    state_mismatches,
-    summary,
     wait_caught_up,
     write_config,
 )
@@ -83,10 +80,6 @@ async def test_dropped_broker_connections_lose_nothing(unique, start_emulator, t
                 assert await proc.stop(30) == 0, proc.log_tail()
                 print(f"caught up after {time.monotonic() - started:.1f}s; {proxy.accepted} connections accepted")
 
-            assert watcher.polls > 0 and watcher.regressions == [], watcher.regressions
-            problems = await state_mismatches(emulator.client, produced.expect)
-            assert problems == [], summary(problems)
-            problems = dlq_problems(await read_dlq(bootstrap, scenario.dlq), produced)
-            assert problems == [], summary(problems)
+            await assert_exact(emulator.client, bootstrap, scenario, produced, watcher)
         finally:
             broker.stop()

@@ -13,11 +13,8 @@ from tests.chaos.harness import (
     Feed,
     GroupOffsets,
     Scenario,
-    dlq_problems,
+    assert_exact,
     ingestors,
-    read_dlq,
-    state_mismatches,
-    summary,
     wait_caught_up,
     write_config,
 )
@@ -61,8 +58,4 @@ async def test_throttling_5xx_and_jitter_end_exact(broker, unique, start_emulato
     assert calls["PutItems"]["throttled"] + calls["PutUsers"]["throttled"] > 0
     assert calls["PutItems"]["server_error"] + calls["PutUsers"]["server_error"] > 0
     assert calls["PutItems"]["invalid_input"] + calls["PutUsers"]["invalid_input"] == 0
-    assert watcher.polls > 0 and watcher.regressions == [], watcher.regressions
-    problems = await state_mismatches(emulator.client, produced.expect)
-    assert problems == [], summary(problems)
-    problems = dlq_problems(await read_dlq(bootstrap, scenario.dlq), produced)
-    assert problems == [], summary(problems)
+    await assert_exact(emulator.client, bootstrap, scenario, produced, watcher)

@@ -16,12 +16,9 @@ from tests.chaos.harness import (
     GroupOffsets,
     IngestorProcess,
     Scenario,
+    assert_exact,
     committed_count,
-    dlq_problems,
     ingestors,
-    read_dlq,
-    state_mismatches,
-    summary,
     wait_caught_up,
     write_config,
 )
@@ -99,8 +96,4 @@ async def test_member_stopped_mid_stream_hands_over(broker, unique, start_emulat
         finally:
             await feed.cancel()
 
-    assert watcher.polls > 0 and watcher.regressions == [], watcher.regressions
-    problems = await state_mismatches(emulator.client, produced.expect)
-    assert problems == [], summary(problems)
-    problems = dlq_problems(await read_dlq(bootstrap, scenario.dlq), produced)
-    assert problems == [], summary(problems)
+    await assert_exact(emulator.client, bootstrap, scenario, produced, watcher)
