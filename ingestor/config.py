@@ -237,6 +237,12 @@ class Settings(BaseSettings):
             raise ValueError(f"routes: each topic may appear in one route only, got {topics}")
         if self.kafka.dead_letter_topic in topics:
             raise ValueError("kafka.dead_letter_topic must not be one of the route topics")
+        needed_ms = (self.shutdown.drain_budget_s + self.kafka.commit_timeout_s) * 1000
+        if self.kafka.rebalance_timeout_ms < needed_ms:
+            raise ValueError(
+                f"kafka.rebalance_timeout_ms ({self.kafka.rebalance_timeout_ms}) must cover the revocation drain: "
+                f"shutdown.drain_budget_s + kafka.commit_timeout_s = {needed_ms:.0f} ms; raise it or lower those"
+            )
         return self
 
     @classmethod
@@ -292,8 +298,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 def format_validation_error(exc: ValidationError, where: str) -> str:
     lines = [f"invalid configuration ({where}):"]
     for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a check across sections: its message names the settings
+            lines.append(f"  {msg}")
+            continue
+        loc = ".".join(str(p) for p in err["loc"])
         env = "INGESTOR_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
         lines.append(f"  {loc}: {msg}  (set it in the YAML file or as {env})")
     return "\n".join(lines)

@@ -274,18 +274,19 @@ class Pipeline:
     async def revoke(self, partitions: Iterable[TopicPartition], timeout_s: float) -> None:
         """Stop dispatching, drop buffered records of these partitions, wait for in-flight calls and DLQ writes."""
         gone = set(partitions)
+        deadline = self._clock() + timeout_s  # one budget for all of it: the group's rebalance timeout is waiting
         self._open.clear()
         try:
             for ds in self.datasets:
                 ds.buffer.drop_partitions(gone)
             if self._calls:
-                _, late = await asyncio.wait(set(self._calls), timeout=timeout_s)
+                _, late = await asyncio.wait(set(self._calls), timeout=max(0.0, deadline - self._clock()))
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
                 for ds in self.datasets:
                     ds.buffer.drop_partitions(gone)
-            await self.dlq.flush(timeout_s)
+            await self.dlq.flush(max(0.0, deadline - self._clock()))
         finally:
             self._open.set()
 

@@ -85,3 +85,15 @@ def test_check_config_prints_the_routes_and_bad_config_exits_2(
     config_copy.write_text(config_copy.read_text().replace("max_records: 10", "max_records: 0"))
     assert run_main(args) == 2
     assert "batching.max_records" in capsys.readouterr().err
+
+
+def test_the_revocation_drain_must_fit_the_rebalance_timeout(
+    config_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INGESTOR_SHUTDOWN__DRAIN_BUDGET_S", "25")  # + 10 s commit timeout > 30 s rebalance timeout
+    with pytest.raises(ConfigError) as info:
+        Settings.load(config_copy)
+    message = str(info.value)
+    assert "kafka.rebalance_timeout_ms" in message and "shutdown.drain_budget_s" in message
+    monkeypatch.setenv("INGESTOR_KAFKA__REBALANCE_TIMEOUT_MS", "40000")
+    assert Settings.load(config_copy).shutdown.drain_budget_s == 25

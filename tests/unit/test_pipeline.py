@@ -229,3 +229,24 @@ async def test_a_dead_letter_write_that_raises_fails_the_pipeline_loudly(harness
     await wait_until(failed.is_set, timeout=5, what="the failure to surface")
     assert isinstance(pipeline.failure, RuntimeError)
     assert pipeline.tracker.to_commit() == {TP: 0}  # never counted as done
+
+
+async def test_revocation_fits_one_budget_and_drops_what_it_could_not_finish() -> None:
+    personalize, producer = FakePersonalize(gate=asyncio.Event()), FakeProducer(hold=asyncio.Event())
+    pipeline = pipeline_with(personalize, producer)
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))  # its call will hang
+        pipeline.ingest(SourceRecord("catalog.items", 0, 1, b"k", b"{not json"))  # its DLQ write will hang
+        await wait_until(lambda: personalize.in_flight == 1, timeout=5, what="the call to start")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await pipeline.revoke({TP}, timeout_s=1.0)
+        assert loop.time() - started < 1.8  # calls and DLQ writes share the budget (not 1 s each)
+        assert personalize.state == {}
+        assert pipeline.datasets[0].buffer.buffered == 0  # the abandoned call's record was released and dropped
+        pipeline.forget({TP})
+        assert pipeline.tracker.to_commit() == {}  # nothing committed for the revoked partition
+    finally:
+        producer.hold.set()
+        await pipeline.stop()
