@@ -72,7 +72,6 @@ class Service:
         self.source: KafkaSource | None = None
         self.health: HealthServer | None = None
         self._progress_at = time.monotonic()
-        self._last_committed: dict[Any, int] = {}
 
     # ------------------------------------------------------------------ health
 

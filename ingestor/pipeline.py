@@ -24,7 +24,7 @@ from ingestor.model import Op, SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
 from ingestor.ratelimit import RateLimiter
 from ingestor.schema import DatasetSchema
-from ingestor.sender import Sender, Target
+from ingestor.sender import RetriesExhausted, Sender, Target
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Dataset:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     fatal: FatalRouteError | None = None
     resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
+    stalled: str | None = None  # why the retry budget ran out (block mode) until a call succeeds again: not ready
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,11 +98,14 @@ class Pipeline:
         self._flushing = False  # draining: send what is ready without waiting for linger
         self.failure: BaseException | None = None  # a bug: the service must stop loudly
         self.on_failure: Callable[[], None] = lambda: None
-        self.stalled: str | None = None  # retry budget spent (block mode): not ready
 
     @property
     def topics(self) -> list[str]:
         return list(self._topics)
+
+    @property
+    def stalled(self) -> str | None:
+        return next((ds.stalled for ds in self.datasets if ds.stalled is not None), None)
 
     @property
     def fatal(self) -> FatalRouteError | None:
@@ -194,6 +198,7 @@ class Pipeline:
 
     async def _call(self, ds: Dataset, batch: list[Pending]) -> None:
         buf, api = ds.buffer, ds.target.api
+        exhausted: tuple[list[Pending], DeliveryError] | None = None
         try:
             outcome = await self._sender.send(ds.target, batch, ds.limiter, prepaid=True)
         except FatalRouteError as exc:
@@ -203,9 +208,10 @@ class Pipeline:
                 log.error("fatal: %s; nothing more is sent or committed on this dataset", exc)
             self.on_failure()
             return  # the batch stays in flight: nothing past it is ever committed
-        except DeliveryError as exc:
-            self._exhausted(ds, batch, exc)
-            return
+        except RetriesExhausted as exc:
+            # Part of a bisected batch may be settled already: record that first (an accepted record must never
+            # be dead-lettered, nor its older version sent after it), then handle the rest.
+            outcome, exhausted = exc.outcome, (exc.failed, exc)
         except asyncio.CancelledError:
             now = self._clock()
             for p in batch:
@@ -215,9 +221,9 @@ class Pipeline:
             self._slots.release()
             ds.wake.set()
         now = self._clock()
-        if self.stalled and outcome.accepted:
-            log.info("Personalize calls succeed again; ready")
-            self.stalled = None
+        if ds.stalled and outcome.accepted:
+            log.info("%s calls to %s succeed again", api, ds.target.dataset_arn)
+            ds.stalled = None
         self.metrics.records_sent.labels(api).inc(len(outcome.accepted))
         for p in outcome.accepted:
             done = buf.accepted(p, now)
@@ -227,6 +233,8 @@ class Pipeline:
             buf.rejected(p, now)
             reason = f"{p.source.where}: {reason}"
             self._dead_letter(p.source, p.epoch, "api", reason, "InvalidInputException", ds.target.dataset_arn)
+        if exhausted is not None:
+            self._exhausted(ds, *exhausted)
 
     def _exhausted(self, ds: Dataset, batch: list[Pending], exc: DeliveryError) -> None:
         now = self._clock()
@@ -237,11 +245,11 @@ class Pipeline:
                 error_class = type(exc.__cause__ or exc).__name__
                 self._dead_letter(p.source, p.epoch, "api", reason, error_class, ds.target.dataset_arn)
             return
-        if self.stalled is None:
+        if ds.stalled is None:
             log.error(
                 "retry budget spent on %s (%s): not committing past these records, still retrying", ds.target.api, exc
             )
-        self.stalled = str(exc)
+        ds.stalled = str(exc)
         ds.resume_at = now + self.settings.personalize.retry.max_delay_s
         for p in batch:  # keep them: they are sent again, paced by the limiter
             ds.buffer.released(p, now)

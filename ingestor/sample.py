@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingestor.schema import camel_case
+
 ITEMS_TOPIC = "catalog.items"
 USERS_TOPIC = "crm.users"
 GENRES = ["action", "comedy", "drama", "horror", "romance", "sci-fi", "documentary", "kids"]
@@ -78,15 +80,10 @@ def _shape(rng: random.Random, row: dict[str, Any], id_field: str, id_key: str) 
         return row
     props = {k: v for k, v in row.items() if k != id_field}
     if roll < 0.7:
-        camel = {_camel(k): v for k, v in props.items()}
+        camel = {camel_case(k): v for k, v in props.items()}
         return {id_key: row[id_field], "properties": json.dumps(camel) if rng.random() < 0.5 else camel}
     envelope = {"before": None, "after": row, "op": rng.choice("cur"), "ts_ms": 1_700_000_000_000}
     return {"schema": {"type": "struct"}, "payload": envelope} if rng.random() < 0.5 else envelope
-
-
-def _camel(name: str) -> str:
-    parts = name.lower().split("_")
-    return parts[0] + "".join(p.title() for p in parts[1:])
 
 
 def _bad(rng: random.Random, topic: str, record_id: str, good: dict[str, Any]) -> tuple[bytes, str]:

@@ -88,6 +88,16 @@ class Outcome:
     rejected: list[tuple[Pending, str]] = field(default_factory=list)
 
 
+class RetriesExhausted(DeliveryError):
+    """The retry budget ran out. A bisected batch may be partly done: ``outcome`` holds what was accepted or
+    rejected before that, ``failed`` the records whose fate is unknown (to be retried later or dead-lettered)."""
+
+    def __init__(self, message: str, outcome: Outcome, failed: list[Pending]) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.failed = failed
+
+
 class _RecordBudget(stop_base):
     """Stop retrying once the oldest record of the batch has spent its time budget."""
 
@@ -120,15 +130,20 @@ class Sender:
     ) -> Outcome:
         """Deliver ``batch``; returns accepted and rejected records.
 
-        ``prepaid``: the caller already took the rate-limit token for the first attempt. Raises DeliveryError when
-        the retry budget is spent, FatalRouteError when the route cannot work at all.
+        ``prepaid``: the caller already took the rate-limit token for the first attempt. Raises RetriesExhausted
+        (with what was settled before) when the retry budget is spent, FatalRouteError when the route cannot work.
         """
         outcome = Outcome()
         now = self._clock()
         for p in batch:
             if p.first_attempt is None:
                 p.first_attempt = now
-        await self._deliver(target, batch, limiter, outcome, [prepaid])
+        try:
+            await self._deliver(target, batch, limiter, outcome, [prepaid])
+        except DeliveryError as exc:
+            settled = {id(p) for p in outcome.accepted} | {id(p) for p, _ in outcome.rejected}
+            failed = [p for p in batch if id(p) not in settled]
+            raise RetriesExhausted(str(exc), outcome, failed) from exc
         return outcome
 
     async def _deliver(

@@ -250,3 +250,63 @@ async def test_revocation_fits_one_budget_and_drops_what_it_could_not_finish() -
     finally:
         producer.hold.set()
         await pipeline.stop()
+
+
+async def test_retries_exhausted_mid_bisect_keep_what_was_already_accepted() -> None:
+    personalize, producer = FakePersonalize(), FakeProducer()
+    personalize.rejects = lambda r: r["itemId"] == "i7"  # the 10-record call is rejected and bisected
+
+    def second_half_keeps_failing(arn: str, records: list[dict[str, str]]) -> None:
+        if records[0]["itemId"] == "i5" and len(records) == 5:
+            personalize.fail_next.append(client_error("ServiceUnavailable", 503))
+
+    personalize.on_call = second_half_keeps_failing
+    pipeline = pipeline_with(personalize, producer, max_attempts=2, on_exhausted="dead_letter")
+    pipeline.start()
+    try:
+        for i in range(10):
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        assert await pipeline.drain(10)
+        assert set(personalize.state[ITEMS_ARN]) == {f"i{i}" for i in range(5)}
+        dead = sorted(int(producer.headers_of(n)["ingestor.source.offset"]) for n in range(len(producer.sent)))
+        assert dead == [5, 6, 7, 8, 9]  # the accepted first half is not dead-lettered
+        assert pipeline.tracker.to_commit() == {TP: 10}
+    finally:
+        await pipeline.stop()
+
+
+async def test_a_stalled_dataset_stays_not_ready_while_another_succeeds() -> None:
+    users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+    s = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={
+            "rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0},
+            "retry": {"max_attempts": 1, "max_delay_s": 60},
+        },
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": users_arn, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1},
+    )
+    personalize = FakePersonalize()
+    personalize.on_call = lambda arn, _: (
+        personalize.fail_next.append(client_error("ServiceUnavailable", 503)) if arn == ITEMS_ARN else None
+    )
+    metrics = Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))
+        await wait_until(lambda: pipeline.stalled is not None, timeout=5, what="the items dataset to stall")
+        user = {"USER_ID": "u1", "MEMBERSHIP": "gold"}
+        pipeline.ingest(SourceRecord("crm.users", 0, 0, None, json.dumps(user).encode()))
+        await wait_until(lambda: users_arn in personalize.state, timeout=5, what="the user to be delivered")
+        assert pipeline.stalled is not None  # a success on users does not make the stalled items route ready
+    finally:
+        await pipeline.stop()
