@@ -184,6 +184,7 @@ class Service:
                 pipeline.buffered,
                 {str(tp): off for tp, off in final.items()},
             )
+            pipeline.dlq.report()
             await pipeline.stop()
             await source.stop()
         if pipeline.fatal is not None:
@@ -228,6 +229,8 @@ class Service:
 
     def _report_progress(self, last: dict[str, float]) -> dict[str, float]:
         """One INFO line a minute: what happened since the last one (never a line per record)."""
+        if self.pipeline is not None:
+            self.pipeline.dlq.report()
         totals = self.metrics.totals()
         delta = {k: int(v - last.get(k, 0)) for k, v in totals.items()}
         buffered = self.pipeline.buffered if self.pipeline else 0

@@ -101,6 +101,7 @@ class DeadLetterQueue:
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: Counter[str] = Counter()
         self._summary_at = -SUMMARY_EVERY_S
+        self._latest: tuple[str, str | None] = ("", None)
 
     @property
     def pending(self) -> int:
@@ -127,10 +128,17 @@ class DeadLetterQueue:
     def _summarize(self, stage: str, reason: str, dataset_arn: str | None) -> None:
         """At most one WARNING per SUMMARY_EVERY_S: counts by stage and the latest reason (never one per record)."""
         self._recent[stage] += 1
-        now = time.monotonic()
-        if now - self._summary_at < SUMMARY_EVERY_S:
+        self._latest = (reason, dataset_arn)
+        if time.monotonic() - self._summary_at >= SUMMARY_EVERY_S:
+            self.report()
+
+    def report(self) -> None:
+        """Log what was dead-lettered since the last report, if anything (also called periodically and at stop,
+        so the tail of a burst is not left unreported)."""
+        if not self._recent:
             return
         counts = dict(self._recent)
+        reason, dataset_arn = self._latest
         log.warning(
             "dead-lettered %d record(s) since the last report %s; latest: %s",
             sum(counts.values()),
@@ -139,7 +147,7 @@ class DeadLetterQueue:
             extra={"dead_lettered": counts, "dataset_arn": dataset_arn},
         )
         self._recent.clear()
-        self._summary_at = now
+        self._summary_at = time.monotonic()
 
     async def _deliver(
         self, record: SourceRecord, stage: str, headers: list[tuple[str, bytes]], on_done: Callable[[], None]

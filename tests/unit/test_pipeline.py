@@ -310,3 +310,17 @@ async def test_a_stalled_dataset_stays_not_ready_while_another_succeeds() -> Non
         assert pipeline.stalled is not None  # a success on users does not make the stalled items route ready
     finally:
         await pipeline.stop()
+
+
+async def test_dead_letters_are_logged_as_a_summary_not_one_line_per_record(harness, caplog) -> None:
+    pipeline, _, _ = harness
+    caplog.set_level("WARNING", logger="ingestor.deadletter")
+    for off in range(20):
+        pipeline.ingest(SourceRecord("catalog.items", 0, off, b"k", b"{not json"))
+    assert await pipeline.drain(10)
+    pipeline.dlq.report()  # the tail of the burst, as the periodic report and the shutdown do
+    lines = [r.getMessage() for r in caplog.records if r.name == "ingestor.deadletter"]
+    assert len(lines) == 2  # the first record at once, the other 19 in one summary
+    assert lines[1].startswith("dead-lettered 19 record(s)") and "'decode': 19" in lines[1]
+    pipeline.dlq.report()
+    assert len([r for r in caplog.records if r.name == "ingestor.deadletter"]) == 2  # nothing new: no line
