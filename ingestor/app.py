@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from ingestor.broker_health import BrokerHealth
 from ingestor.config import Settings
 from ingestor.errors import ConfigError
 from ingestor.health import HealthServer
@@ -67,6 +68,7 @@ class Service:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(registry)
+        self.broker_health = BrokerHealth(self.metrics)
         self.stop_requested = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
@@ -107,6 +109,13 @@ class Service:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
+        log_filter = self.broker_health.install()  # aiokafka's transient connection errors → one summary line
+        try:
+            return await self._run()
+        finally:
+            log_filter.uninstall()
+
+    async def _run(self) -> int:
         s = self.settings
         self.health = HealthServer(
             self.metrics.registry, s.metrics.host, s.metrics.port, live=self.live, ready=self.ready
@@ -149,7 +158,7 @@ class Service:
             s, Sender(client, self.metrics, s.personalize.retry), producer, self.metrics
         )
         pipeline.on_failure = self.stop_requested.set
-        source = self.source = KafkaSource(s, pipeline, self.metrics)
+        source = self.source = KafkaSource(s, pipeline, self.metrics, broker_health=self.broker_health)
         if not await self._start_with_retry(source.start, "the consumer"):
             await source.stop()
             return EXIT_OK
@@ -221,7 +230,7 @@ class Service:
                 self._progress_at = time.monotonic()
             source.update_lag()
             now = time.monotonic()
-            if now >= next_probe:
+            if now >= next_probe or not self.broker_health.up:  # while unreachable: learn soon when it answers
                 next_probe = now + BROKER_PROBE_S
                 await source.check_broker()
             if now >= next_report:

@@ -92,6 +92,23 @@ class Metrics:
         self.ready = Gauge(
             "ingestor_ready", "1 when the service is ready (joined, broker reachable, no fatal error).", registry=r
         )
+        self.broker_up = Gauge(
+            "ingestor_broker_up",
+            "1 while the Kafka broker answers, 0 from its first transient connection error until it answers again.",
+            registry=r,
+        )
+        self.broker_outages = Counter(
+            "ingestor_broker_outages_total",
+            "Times the Kafka broker became unreachable (each logged as one WARNING, its end as one INFO).",
+            registry=r,
+        )
+        self.broker_errors_suppressed = Counter(
+            "ingestor_broker_errors_suppressed_total",
+            "Transient aiokafka connection errors summarised instead of logged, by kind "
+            "(connect, metadata, fetch, coordinator, produce, commit).",
+            ["kind"],
+            registry=r,
+        )
 
     def totals(self) -> dict[str, float]:
         """Counter totals summed over their labels, for the periodic progress log line."""

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from ingestor.broker_health import BrokerHealth
 from ingestor.config import Settings
 from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.metrics import Metrics
@@ -56,6 +57,7 @@ class KafkaSource:
         *,
         consumer: AIOKafkaConsumer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        broker_health: BrokerHealth | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -82,6 +84,7 @@ class KafkaSource:
         self.joined = False
         self.last_fetch_ok: float | None = None
         self.broker_ok_at: float | None = None
+        self.broker_health = broker_health if broker_health is not None else BrokerHealth(metrics, clock=clock)
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -158,8 +161,12 @@ class KafkaSource:
             return {}
         except (KafkaError, TimeoutError) as exc:
             self.metrics.commits.labels("failed").inc()
-            log.warning("commit failed (%s: %s); will try again", type(exc).__name__, exc)
+            if self.broker_health.up:
+                log.warning("commit failed (%s: %s); will try again", type(exc).__name__, exc)
+            else:  # part of a broker outage already reported
+                self.broker_health.failed("commit", f"{type(exc).__name__}: {exc}")
             return {}
+        self.broker_health.answered()
         self.pipeline.tracker.committed(offsets)
         self.metrics.commits.labels("ok").inc()
         self.metrics.last_commit.set(time.time())
@@ -185,9 +192,10 @@ class KafkaSource:
             async with asyncio.timeout(timeout_s):
                 await self.consumer.topics()
         except (KafkaError, TimeoutError, OSError) as exc:
-            log.warning("broker metadata request failed: %s: %s", type(exc).__name__, exc)
+            self.broker_health.failed("metadata", f"broker metadata request failed: {type(exc).__name__}: {exc}")
             return False
         self.broker_ok_at = self._clock()
+        self.broker_health.answered()
         return True
 
     async def commit_loop(self) -> None:

@@ -1,11 +1,14 @@
 """A small asyncio TCP proxy for chaos tests: listens on a loopback port and forwards every connection to a target.
 
 ``drop_all()`` closes every live connection at once (both sides), as a network blip or a broker restart would;
-new connections are accepted and forwarded again right away.
+new connections are accepted and forwarded again right away. ``go_down()`` also stops listening, so new connections
+are refused (ECONNREFUSED, as when the broker is down) until ``come_up()`` listens on the same port again.
 
     async with TcpProxy("127.0.0.1", broker_port) as proxy:
         ...  # clients connect to proxy.port
         dropped = proxy.drop_all()
+        await proxy.go_down()  # an outage: connections cut, new ones refused
+        await proxy.come_up()
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class TcpProxy:
         self.dropped = 0  # connections closed by drop_all
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        self._down = False
 
     @staticmethod
     def reserve_port(host: str = "127.0.0.1") -> int:
@@ -52,6 +56,26 @@ class TcpProxy:
         self.drop_all(count=False)
         if server is not None:
             await server.wait_closed()
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    async def go_down(self) -> int:
+        """Stop listening and close every live connection: new connections are refused until ``come_up()``."""
+        self._down = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        dropped = self.drop_all()
+        if server is not None:
+            await server.wait_closed()
+        return dropped
+
+    async def come_up(self) -> None:
+        """Listen again on the same port."""
+        self._down = False
+        await self.start()
 
     async def __aenter__(self) -> TcpProxy:
         return await self.start()

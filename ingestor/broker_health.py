@@ -1,0 +1,243 @@
+"""Transient broker trouble as a summary, not a log storm.
+
+While the Kafka broker is unreachable, aiokafka logs every failed connection attempt, metadata refresh, fetch and
+coordinator request, most at ERROR: a two-second outage writes a few hundred lines. ``BrokerLogFilter`` (installed
+on aiokafka's loggers) recognises those known transient messages by their template and the error they carry, drops
+them and reports them to ``BrokerHealth``, which logs instead:
+
+- one WARNING when the broker becomes unreachable, naming what failed;
+- at most one WARNING per ``repeat_every_s`` while it stays unreachable (how long, how many errors);
+- one INFO when it answers again (how long it was unreachable, how many errors were suppressed);
+
+and exports ``ingestor_broker_up``, ``ingestor_broker_outages_total`` and ``ingestor_broker_errors_suppressed_total``.
+Any other aiokafka message (an unknown template, or a known one carrying an unexpected error) passes through
+unchanged. "Answers again" is learned from the consumer (records fetched, a metadata round trip, a commit), and only
+once no transient error was seen for ``settle_s``, so one outage is one WARNING/INFO pair even while the clients
+reconnect one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from aiokafka.errors import (
+    GroupCoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotCoordinatorForGroupError,
+    RequestTimedOutError,
+)
+
+from ingestor.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REPEAT_EVERY_S = 60.0
+SETTLE_S = 1.0
+DETAIL_CHARS = 300
+
+# Errors that mean "the broker (or the coordinator on it) cannot be reached right now".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    KafkaTimeoutError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorForGroupError,
+    OSError,  # ConnectionRefusedError, ConnectionResetError, ...
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownMessage:
+    """An aiokafka log message (its %-template) that is transient broker trouble when the error it carries (at
+    ``error_arg`` in the record's args; None: it carries none) is one of ``TRANSIENT_ERRORS``."""
+
+    template: str
+    kind: str  # connect, metadata, fetch, coordinator, produce
+    error_arg: int | None
+
+
+# Templates as written in aiokafka 0.14 (tests/unit/test_broker_health.py checks they are still in its source).
+KNOWN_MESSAGES: tuple[KnownMessage, ...] = (
+    KnownMessage('Unable connect to "%s:%s": %s', "connect", 2),
+    KnownMessage("Unable connect to node with id %s: %s", "connect", 1),
+    KnownMessage('Unable to request metadata from "%s:%s": %s', "metadata", 2),
+    KnownMessage("Unable to request metadata from node with id %s: %r", "metadata", 1),
+    KnownMessage("Unable to update metadata from %s", "metadata", None),
+    KnownMessage("Failed fetch messages from %s: %s", "fetch", 1),
+    KnownMessage("Failed fetch offsets from %s: %s", "fetch", 1),
+    KnownMessage("Error sending %s to node %s [%s] -- marking coordinator dead", "coordinator", 2),
+    KnownMessage("Group Coordinator Request failed: %s", "coordinator", 0),
+    KnownMessage("Heartbeat send request failed: %s. Will retry.", "coordinator", 0),
+    KnownMessage("Marking the coordinator dead (node %s)for group %s.", "coordinator", None),
+    KnownMessage("FindCoordinator Request failed: %s", "coordinator", 0),
+    KnownMessage("Cannot send %r to %s: %r", "produce", 2),
+    KnownMessage("Could not send %r: %r", "produce", 1),
+)
+_BY_TEMPLATE = {m.template: m for m in KNOWN_MESSAGES}
+
+
+def classify(record: logging.LogRecord) -> str | None:
+    """The kind of transient broker trouble ``record`` reports, or None when it is anything else."""
+    if not (record.name == "aiokafka" or record.name.startswith("aiokafka.")):
+        return None
+    known = _BY_TEMPLATE.get(record.msg) if isinstance(record.msg, str) else None
+    if known is None:
+        return None
+    if known.error_arg is not None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) <= known.error_arg or not isinstance(args[known.error_arg], TRANSIENT_ERRORS):
+            return None
+    return known.kind
+
+
+class BrokerHealth:
+    """Whether the broker answers, learned from transient errors (``failed``) and successes (``answered``)."""
+
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        repeat_every_s: float = REPEAT_EVERY_S,
+        settle_s: float = SETTLE_S,
+        logger: logging.Logger = log,
+    ) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._repeat_every_s = repeat_every_s
+        self._settle_s = settle_s
+        self._log = logger
+        self.up = True
+        self.down_since: float | None = None
+        self.outages = 0
+        self._last_failure_at = 0.0
+        self._last_line_at = 0.0
+        self._suppressed: Counter[str] = Counter()  # this outage, by kind
+        self._since_line = 0  # errors since the last line
+        self._latest = ""
+        if metrics is not None:
+            metrics.broker_up.set(1)
+
+    @property
+    def suppressed(self) -> int:
+        """Errors summarised during the current (or last) outage."""
+        return sum(self._suppressed.values())
+
+    def failed(self, kind: str, detail: str) -> None:
+        """A transient broker error was seen (and not logged): start an outage, or count it in the current one."""
+        now = self._clock()
+        self._last_failure_at = now
+        self._latest = f"{kind}: {detail[:DETAIL_CHARS]}"
+        if self._metrics is not None:
+            self._metrics.broker_errors_suppressed.labels(kind).inc()
+        if self.up:
+            self.up = False
+            self.down_since = self._last_line_at = now
+            self.outages += 1
+            self._suppressed = Counter({kind: 1})
+            self._since_line = 0
+            if self._metrics is not None:
+                self._metrics.broker_up.set(0)
+                self._metrics.broker_outages.inc()
+            self._log.warning(
+                "Kafka broker unreachable (%s); aiokafka's connection errors are summarised until it answers again",
+                self._latest,
+                extra={"broker_up": False, "failed": kind},
+            )
+            return
+        self._suppressed[kind] += 1
+        self._since_line += 1
+        if now - self._last_line_at >= self._repeat_every_s:
+            assert self.down_since is not None
+            self._log.warning(
+                "Kafka broker still unreachable after %.0fs: %d errors in the last %.0fs (%s); latest: %s",
+                now - self.down_since,
+                self._since_line,
+                now - self._last_line_at,
+                _kinds(self._suppressed),
+                self._latest,
+                extra={"broker_up": False, "suppressed": dict(self._suppressed)},
+            )
+            self._last_line_at = now
+            self._since_line = 0
+
+    def answered(self) -> None:
+        """The broker answered a request. Ends an outage once no transient error was seen for ``settle_s``."""
+        if self.up:
+            return
+        now = self._clock()
+        if now - self._last_failure_at < self._settle_s:
+            return  # clients are still reconnecting: wait until the errors stop
+        assert self.down_since is not None
+        self.up = True
+        if self._metrics is not None:
+            self._metrics.broker_up.set(1)
+        self._log.info(
+            "Kafka broker answers again after %.1fs unreachable; %d aiokafka errors suppressed (%s)",
+            now - self.down_since,
+            self.suppressed,
+            _kinds(self._suppressed),
+            extra={
+                "broker_up": True,
+                "outage_s": round(now - self.down_since, 3),
+                "suppressed": dict(self._suppressed),
+            },
+        )
+
+    # ------------------------------------------------------------------ the log filter
+
+    def filter(self) -> BrokerLogFilter:
+        return BrokerLogFilter(self)
+
+    def install(self, loggers: Iterable[logging.Logger] | None = None) -> BrokerLogFilter:
+        """Put a filter on aiokafka's loggers (every ``aiokafka.*`` logger that exists: importing aiokafka creates
+        them all). Returns it, for ``uninstall``."""
+        f = self.filter()
+        f.loggers = aiokafka_loggers() if loggers is None else list(loggers)
+        for logger in f.loggers:
+            logger.addFilter(f)
+        return f
+
+
+class BrokerLogFilter(logging.Filter):
+    """Drops aiokafka's known transient broker messages and reports them to a ``BrokerHealth``."""
+
+    def __init__(self, health: BrokerHealth) -> None:
+        super().__init__()
+        self.health = health
+        self.loggers: list[logging.Logger] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = classify(record)
+        if kind is None:
+            return True
+        try:
+            detail = record.getMessage()
+        except (TypeError, ValueError):  # pragma: no cover - a malformed record: still summarised
+            detail = str(record.msg)
+        self.health.failed(kind, detail)
+        return False
+
+    def uninstall(self) -> None:
+        for logger in self.loggers:
+            logger.removeFilter(self)
+        self.loggers = []
+
+
+def aiokafka_loggers() -> list[logging.Logger]:
+    import aiokafka  # noqa: F401 - importing it creates its module loggers
+
+    names = [n for n in logging.root.manager.loggerDict if n == "aiokafka" or n.startswith("aiokafka.")]
+    return [logging.getLogger(n) for n in sorted(names)]
+
+
+def _kinds(counts: Counter[str]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in counts.most_common()) or "none"
