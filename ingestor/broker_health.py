@@ -158,10 +158,11 @@ class BrokerHealth:
         if now - self._last_line_at >= self._repeat_every_s:
             assert self.down_since is not None
             self._log.warning(
-                "Kafka broker still unreachable after %.0fs: %d errors in the last %.0fs (%s); latest: %s",
+                "Kafka broker still unreachable after %.0fs: %d errors in the last %.0fs, %d in all (%s); latest: %s",
                 now - self.down_since,
                 self._since_line,
                 now - self._last_line_at,
+                self.suppressed,
                 _kinds(self._suppressed),
                 self._latest,
                 extra={"broker_up": False, "suppressed": dict(self._suppressed)},
