@@ -56,15 +56,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class KnownMessage:
-    """An aiokafka log message (its %-template) that is transient broker trouble when the error it carries (at
-    ``error_arg`` in the record's args; None: it carries none) is one of ``TRANSIENT_ERRORS``."""
+    """A log message (its %-template) that is transient broker trouble when the error it carries (at ``error_arg``
+    in the record's args; None: it carries none) is one of ``TRANSIENT_ERRORS``. ``logger``: the logger (or the
+    parent of the loggers) that writes it."""
 
     template: str
-    kind: str  # connect, metadata, fetch, coordinator, produce
+    kind: str  # connect, metadata, fetch, coordinator, produce, dlq
     error_arg: int | None
+    logger: str = "aiokafka"
 
 
-# Templates as written in aiokafka 0.14 (tests/unit/test_broker_health.py checks they are still in its source).
+# Templates as written in aiokafka 0.14 and ingestor/deadletter.py (tests/unit/test_broker_health.py checks they
+# are still in the source).
 KNOWN_MESSAGES: tuple[KnownMessage, ...] = (
     KnownMessage('Unable connect to "%s:%s": %s', "connect", 2),
     KnownMessage("Unable connect to node with id %s: %s", "connect", 1),
@@ -78,18 +81,21 @@ KNOWN_MESSAGES: tuple[KnownMessage, ...] = (
     KnownMessage("Heartbeat send request failed: %s. Will retry.", "coordinator", 0),
     KnownMessage("Marking the coordinator dead (node %s)for group %s.", "coordinator", None),
     KnownMessage("FindCoordinator Request failed: %s", "coordinator", 0),
+    KnownMessage("Heartbeat session expired - marking coordinator dead", "coordinator", None),
     KnownMessage("Cannot send %r to %s: %r", "produce", 2),
     KnownMessage("Could not send %r: %r", "produce", 1),
+    KnownMessage("Got error produce response: %s", "produce", 0),
+    # The DLQ's own retry line, one per record waiting for the broker; the write is retried until it succeeds.
+    KnownMessage("%s: DLQ write failed (%s: %s); retrying", "dlq", 2, logger="ingestor.deadletter"),
 )
 _BY_TEMPLATE = {m.template: m for m in KNOWN_MESSAGES}
+WATCHED_LOGGERS = ("aiokafka", "ingestor.deadletter")  # the filter goes on these and every logger below them
 
 
 def classify(record: logging.LogRecord) -> str | None:
     """The kind of transient broker trouble ``record`` reports, or None when it is anything else."""
-    if not (record.name == "aiokafka" or record.name.startswith("aiokafka.")):
-        return None
     known = _BY_TEMPLATE.get(record.msg) if isinstance(record.msg, str) else None
-    if known is None:
+    if known is None or not _within(record.name, known.logger):
         return None
     if known.error_arg is not None:
         args = record.args if isinstance(record.args, tuple) else ()
@@ -199,10 +205,10 @@ class BrokerHealth:
         return BrokerLogFilter(self)
 
     def install(self, loggers: Iterable[logging.Logger] | None = None) -> BrokerLogFilter:
-        """Put a filter on aiokafka's loggers (every ``aiokafka.*`` logger that exists: importing aiokafka creates
-        them all). Returns it, for ``uninstall``."""
+        """Put a filter on the loggers that write known messages (every ``aiokafka.*`` logger that exists: importing
+        aiokafka creates them all; and the DLQ's). Returns it, for ``uninstall``."""
         f = self.filter()
-        f.loggers = aiokafka_loggers() if loggers is None else list(loggers)
+        f.loggers = watched_loggers() if loggers is None else list(loggers)
         for logger in f.loggers:
             logger.addFilter(f)
         return f
@@ -233,11 +239,15 @@ class BrokerLogFilter(logging.Filter):
         self.loggers = []
 
 
-def aiokafka_loggers() -> list[logging.Logger]:
+def watched_loggers() -> list[logging.Logger]:
     import aiokafka  # noqa: F401 - importing it creates its module loggers
 
-    names = [n for n in logging.root.manager.loggerDict if n == "aiokafka" or n.startswith("aiokafka.")]
-    return [logging.getLogger(n) for n in sorted(names)]
+    names = {n for n in logging.root.manager.loggerDict if any(_within(n, w) for w in WATCHED_LOGGERS)}
+    return [logging.getLogger(n) for n in sorted(names | set(WATCHED_LOGGERS))]
+
+
+def _within(name: str, parent: str) -> bool:
+    return name == parent or name.startswith(parent + ".")
 
 
 def _kinds(counts: Counter[str]) -> str:

@@ -24,6 +24,7 @@ from tests.chaos.harness import (
     GroupOffsets,
     Scenario,
     assert_exact,
+    committed_count,
     ingestors,
     produce_stream,
     wait_caught_up,
@@ -34,7 +35,7 @@ from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
-EVENTS = 8_000
+EVENTS = 6_000
 OUTAGES = 3
 OUTAGE_S = 2.0
 LINES_PER_OUTAGE = 3  # unreachable, at most one "still unreachable" repeat, answers again
@@ -59,7 +60,9 @@ def json_lines(log: str) -> list[dict[str, Any]]:
 
 
 async def test_broker_outages_log_a_summary_not_a_storm(unique, start_emulator, tmp_path, seed) -> None:
-    emulator = await start_emulator(faults={"latency_ms": 30, "jitter_ms": 10}, seed=seed)
+    # Slow calls, two in flight and a small buffer: the backlog is still being worked through during the outages
+    # (the stream is produced up front: a producer writing through the proxy could write duplicates when cut).
+    emulator = await start_emulator(faults={"latency_ms": 50, "jitter_ms": 10}, seed=seed)
     broker_port, metrics_port = free_port(), free_port()
     async with TcpProxy("127.0.0.1", broker_port) as proxy:
         broker = EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log")
@@ -102,8 +105,13 @@ async def test_broker_outages_log_a_summary_not_a_storm(unique, start_emulator, 
                     await asyncio.sleep(max(0.0, started + OUTAGE_S - time.monotonic()))  # the outage lasts ~2 s
                     await proxy.come_up()
                     await wait_until(lambda: broker_up(1.0), timeout=30, interval=0.1, what="ingestor_broker_up 1")
-                    print(f"outage {n}: {dropped} connections cut, {time.monotonic() - started:.1f}s until up again")
+                    done = committed_count(await offsets.read(scenario.partitions))
+                    print(
+                        f"outage {n}: {dropped} connections cut, up again after {time.monotonic() - started:.1f}s, "
+                        f"{done} records committed"
+                    )
                     assert dropped > 0
+                assert done < produced.total, "the outages came after the run had caught up: make it slower"
                 metrics = await scrape(http, metrics_port)
                 await wait_caught_up(offsets, produced.ends, timeout=90, processes=[proc])
                 assert await proc.stop(30) == 0, proc.log_tail()
@@ -120,6 +128,10 @@ async def test_broker_outages_log_a_summary_not_a_storm(unique, start_emulator, 
     assert len(kafka_noise) <= OUTAGES, f"{len(kafka_noise)} lines from aiokafka, e.g. {kafka_noise[:5]}"
     health = [r for r in lines if r.get("logger") == "ingestor.broker_health"]
     assert len(health) <= LINES_PER_OUTAGE * OUTAGES, health
-    assert sum(r["level"] == "info" and "answers again" in r["event"] for r in health) >= OUTAGES, health
-    assert metrics["ingestor_broker_outages_total"] >= OUTAGES
+    assert [r["level"] for r in health] == ["warning", "info"] * OUTAGES, health
+    assert all("answers again" in r["event"] and r["suppressed"] for r in health[1::2]), health
+    assert metrics["ingestor_broker_outages_total"] == OUTAGES
     assert metrics["ingestor_broker_errors_suppressed_total"] >= OUTAGES
+    print(
+        f"{metrics['ingestor_broker_errors_suppressed_total']:.0f} transient errors summarised in {len(health)} lines"
+    )

@@ -19,7 +19,8 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from ingestor.broker_health import KNOWN_MESSAGES, BrokerHealth, aiokafka_loggers, classify
+from ingestor import deadletter
+from ingestor.broker_health import KNOWN_MESSAGES, BrokerHealth, classify, watched_loggers
 from ingestor.config import Settings
 from ingestor.metrics import Metrics
 from ingestor.pipeline import Pipeline
@@ -58,7 +59,7 @@ def health_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_known_templates_are_still_in_the_installed_aiokafka() -> None:
     """A template aiokafka reworded would silently let its storm through again: fail here instead."""
     templates: set[str] = set()
-    for path in Path(aiokafka.__file__).parent.rglob("*.py"):
+    for path in [*Path(aiokafka.__file__).parent.rglob("*.py"), Path(deadletter.__file__)]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, ast.Call)
@@ -70,7 +71,7 @@ def test_known_templates_are_still_in_the_installed_aiokafka() -> None:
             ):
                 templates.add(node.args[0].value)
     missing = [m.template for m in KNOWN_MESSAGES if m.template not in templates]
-    assert not missing, f"aiokafka {aiokafka.__version__} no longer logs {missing}"
+    assert not missing, f"aiokafka {aiokafka.__version__} or ingestor.deadletter no longer logs {missing}"
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,13 @@ def test_known_templates_are_still_in_the_installed_aiokafka() -> None:
             "coordinator",
         ),
         ("aiokafka.producer.sender", "Cannot send %r to %s: %r", ("Produce", 1, RequestTimedOutError()), "produce"),
+        ("aiokafka.producer.sender", "Got error produce response: %s", (NodeNotReadyError("x"),), "produce"),
+        (
+            "ingestor.deadletter",
+            "%s: DLQ write failed (%s: %s); retrying",
+            ("t/0@1", "NodeNotReadyError", NodeNotReadyError("x")),
+            "dlq",
+        ),
     ],
 )
 def test_known_transient_messages_are_classified(logger: str, msg: str, args: tuple[object, ...], kind: str) -> None:
@@ -110,6 +118,9 @@ def test_known_transient_messages_are_classified(logger: str, msg: str, args: tu
         ("aiokafka.consumer.group_coordinator", "Heartbeat failed: %r", (KafkaError("x"),)),
         # the same words from another logger
         ("ingestor.source", "Unable to update metadata from %s", ([1],)),
+        ("aiokafka.producer.sender", "%s: DLQ write failed (%s: %s); retrying", ("t/0@1", "E", KafkaError())),
+        # the DLQ's retry line for an error that is not about reaching the broker
+        ("ingestor.deadletter", "%s: DLQ write failed (%s: %s); retrying", ("t/0@1", "E", KafkaError("odd"))),
     ],
 )
 def test_other_messages_are_not_classified(logger: str, msg: str, args: tuple[object, ...]) -> None:
@@ -194,13 +205,14 @@ def installed(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[BrokerHealth, 
 
 
 def test_the_filter_covers_aiokafkas_loggers() -> None:
-    names = {lg.name for lg in aiokafka_loggers()}
+    names = {lg.name for lg in watched_loggers()}
     assert {
         "aiokafka",
         "aiokafka.conn",
         "aiokafka.consumer.fetcher",
         "aiokafka.consumer.group_coordinator",
         "aiokafka.producer.sender",
+        "ingestor.deadletter",
     } <= names
 
 
