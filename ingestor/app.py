@@ -194,6 +194,7 @@ class Service:
                 {str(tp): off for tp, off in final.items()},
             )
             pipeline.dlq.report()
+            self.broker_health.report()
             await pipeline.stop()
             await source.stop()
         if pipeline.fatal is not None:
@@ -240,6 +241,7 @@ class Service:
         """One INFO line a minute: what happened since the last one (never a line per record)."""
         if self.pipeline is not None:
             self.pipeline.dlq.report()
+        self.broker_health.report()
         totals = self.metrics.totals()
         delta = {k: int(v - last.get(k, 0)) for k, v in totals.items()}
         buffered = self.pipeline.buffered if self.pipeline else 0

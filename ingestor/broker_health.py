@@ -8,6 +8,8 @@ them and reports them to ``BrokerHealth``, which logs instead:
 - one WARNING when the broker becomes unreachable, naming what failed;
 - at most one WARNING per ``repeat_every_s`` while it stays unreachable (how long, how many errors);
 - one INFO when it answers again (how long it was unreachable, how many errors were suppressed);
+- if the connection flaps (more than ``reported_per_window`` outages within ``repeat_every_s``), one summary line
+  for the others instead of a pair each;
 
 and exports ``ingestor_broker_up``, ``ingestor_broker_outages_total`` and ``ingestor_broker_errors_suppressed_total``.
 Any other aiokafka message (an unknown template, or a known one carrying an unexpected error) passes through
@@ -20,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka.errors import (
     GroupCoordinatorNotAvailableError,
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 REPEAT_EVERY_S = 60.0
 SETTLE_S = 1.0
+REPORTED_PER_WINDOW = 3  # outages logged one by one per REPEAT_EVERY_S; more are summarised (flapping)
 DETAIL_CHARS = 300
 
 # Errors that mean "the broker (or the coordinator on it) cannot be reached right now".
@@ -105,7 +108,13 @@ def classify(record: logging.LogRecord) -> str | None:
 
 
 class BrokerHealth:
-    """Whether the broker answers, learned from transient errors (``failed``) and successes (``answered``)."""
+    """Whether the broker answers, learned from transient errors (``failed``) and successes (``answered``).
+
+    A connection that drops over and over (a flapping link, a broker restarting in a loop) is not logged outage by
+    outage: at most ``reported_per_window`` outages per ``repeat_every_s`` get their WARNING/INFO pair; the others
+    are counted and summarised by ``report()`` (called with the minute's progress report) or with the next reported
+    outage. ``ingestor_broker_outages_total`` counts them all.
+    """
 
     def __init__(
         self,
@@ -114,12 +123,14 @@ class BrokerHealth:
         clock: Callable[[], float] = time.monotonic,
         repeat_every_s: float = REPEAT_EVERY_S,
         settle_s: float = SETTLE_S,
+        reported_per_window: int = REPORTED_PER_WINDOW,
         logger: logging.Logger = log,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
         self._repeat_every_s = repeat_every_s
         self._settle_s = settle_s
+        self._reported_per_window = reported_per_window
         self._log = logger
         self.up = True
         self.down_since: float | None = None
@@ -129,6 +140,9 @@ class BrokerHealth:
         self._suppressed: Counter[str] = Counter()  # this outage, by kind
         self._since_line = 0  # errors since the last line
         self._latest = ""
+        self._reported_at: deque[float] = deque()  # when the outages reported one by one began (this window)
+        self._reporting = False  # whether the current outage is reported one by one
+        self._unreported = _Unreported()
         if metrics is not None:
             metrics.broker_up.set(1)
 
@@ -145,19 +159,7 @@ class BrokerHealth:
         if self._metrics is not None:
             self._metrics.broker_errors_suppressed.labels(kind).inc()
         if self.up:
-            self.up = False
-            self.down_since = self._last_line_at = now
-            self.outages += 1
-            self._suppressed = Counter({kind: 1})
-            self._since_line = 0
-            if self._metrics is not None:
-                self._metrics.broker_up.set(0)
-                self._metrics.broker_outages.inc()
-            self._log.warning(
-                "Kafka broker unreachable (%s); aiokafka's connection errors are summarised until it answers again",
-                self._latest,
-                extra={"broker_up": False, "failed": kind},
-            )
+            self._begin(now, kind)
             return
         self._suppressed[kind] += 1
         self._since_line += 1
@@ -175,6 +177,29 @@ class BrokerHealth:
             )
             self._last_line_at = now
             self._since_line = 0
+            self._reporting = True  # a long outage is reported, whatever the window said at its start
+
+    def _begin(self, now: float, kind: str) -> None:
+        self.up = False
+        self.down_since = self._last_line_at = now
+        self.outages += 1
+        self._suppressed = Counter({kind: 1})
+        self._since_line = 0
+        if self._metrics is not None:
+            self._metrics.broker_up.set(0)
+            self._metrics.broker_outages.inc()
+        while self._reported_at and now - self._reported_at[0] >= self._repeat_every_s:
+            self._reported_at.popleft()
+        self._reporting = len(self._reported_at) < self._reported_per_window
+        if not self._reporting:
+            return  # flapping: counted, summarised later
+        self._reported_at.append(now)
+        self.report()
+        self._log.warning(
+            "Kafka broker unreachable (%s); aiokafka's connection errors are summarised until it answers again",
+            self._latest,
+            extra={"broker_up": False, "failed": kind},
+        )
 
     def answered(self) -> None:
         """The broker answered a request. Ends an outage once no transient error was seen for ``settle_s``."""
@@ -187,17 +212,33 @@ class BrokerHealth:
         self.up = True
         if self._metrics is not None:
             self._metrics.broker_up.set(1)
+        lasted = now - self.down_since
+        if not self._reporting:
+            self._unreported.add(lasted, self._suppressed)
+            return
         self._log.info(
             "Kafka broker answers again after %.1fs unreachable; %d aiokafka errors suppressed (%s)",
-            now - self.down_since,
+            lasted,
             self.suppressed,
             _kinds(self._suppressed),
-            extra={
-                "broker_up": True,
-                "outage_s": round(now - self.down_since, 3),
-                "suppressed": dict(self._suppressed),
-            },
+            extra={"broker_up": True, "outage_s": round(lasted, 3), "suppressed": dict(self._suppressed)},
         )
+
+    def report(self) -> None:
+        """Log the outages not reported one by one (a flapping connection), if any, in one line."""
+        u = self._unreported
+        if not u.outages:
+            return
+        self._log.warning(
+            "Kafka broker connection flapping: %d more brief outages (%.1fs in all, %d aiokafka errors suppressed: %s) "
+            "not logged one by one",
+            u.outages,
+            u.seconds,
+            sum(u.errors.values()),
+            _kinds(u.errors),
+            extra={"broker_up": self.up, "outages": u.outages, "suppressed": dict(u.errors)},
+        )
+        self._unreported = _Unreported()
 
     # ------------------------------------------------------------------ the log filter
 
@@ -212,6 +253,18 @@ class BrokerHealth:
         for logger in f.loggers:
             logger.addFilter(f)
         return f
+
+
+@dataclass
+class _Unreported:
+    outages: int = 0
+    seconds: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, seconds: float, errors: Counter[str]) -> None:
+        self.outages += 1
+        self.seconds += seconds
+        self.errors.update(errors)
 
 
 class BrokerLogFilter(logging.Filter):

@@ -189,6 +189,79 @@ def test_each_outage_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     assert "10 aiokafka errors suppressed (coordinator 10)" in health_lines(caplog)[-1].getMessage()
 
 
+def test_a_flapping_connection_is_summarised_not_logged_pair_by_pair(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=HEALTH_LOGGER)
+    clock, metrics = Clock(), Metrics()
+    health = BrokerHealth(metrics, clock=clock, settle_s=1.0, repeat_every_s=60.0, reported_per_window=3)
+
+    def outage(errors: int = 5) -> None:
+        for _ in range(errors):
+            health.failed("produce", "NodeNotReadyError")
+            clock.now += 0.1
+        clock.now += 1.5  # 2 s down in all
+        health.answered()
+        clock.now += 2
+
+    for _ in range(10):  # one outage every 4 s: 40 s
+        outage()
+    assert value(metrics, "ingestor_broker_outages_total") == 10 and health.up
+    lines = health_lines(caplog)
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO] * 3  # the window's first three
+    health.report()  # the minute's progress report
+    summary = health_lines(caplog)[-1]
+    assert summary.levelno == logging.WARNING
+    assert "flapping: 7 more brief outages (14.0s in all, 35 aiokafka errors suppressed: produce 35)" in (
+        summary.getMessage()
+    )
+    health.report()
+    assert len(health_lines(caplog)) == 7, "reported once"
+
+    clock.now += 60  # a new window: outages are reported one by one again
+    for _ in range(2):
+        outage()
+    clock.now += 60
+    outage()
+    assert len(health_lines(caplog)) == 7 + 2 * 3
+    health.report()
+    assert len(health_lines(caplog)) == 7 + 2 * 3
+
+
+def test_unsummarised_outages_are_reported_before_the_next_reported_one(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=HEALTH_LOGGER)
+    clock = Clock()
+    health = BrokerHealth(Metrics(), clock=clock, settle_s=1.0, repeat_every_s=60.0, reported_per_window=1)
+    for _ in range(3):
+        health.failed("connect", "refused")
+        clock.now += 2
+        health.answered()
+    clock.now += 60
+    health.failed("metadata", "timed out")
+    messages = [r.getMessage() for r in health_lines(caplog)]
+    assert len(messages) == 4
+    assert "flapping: 2 more brief outages (4.0s in all, 2 aiokafka errors suppressed: connect 2)" in messages[2]
+    assert "unreachable (metadata: timed out)" in messages[3]
+
+
+def test_a_long_outage_during_flapping_is_still_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=HEALTH_LOGGER)
+    clock = Clock()
+    health = BrokerHealth(Metrics(), clock=clock, settle_s=1.0, repeat_every_s=60.0, reported_per_window=1)
+    health.failed("connect", "refused")
+    clock.now += 2
+    health.answered()
+    health.failed("connect", "refused")  # a second outage in the window: not reported at its start
+    assert len(health_lines(caplog)) == 2
+    for _ in range(70):
+        clock.now += 1
+        health.failed("connect", "refused")
+    clock.now += 2
+    health.answered()
+    messages = [r.getMessage() for r in health_lines(caplog)]
+    assert len(messages) == 4
+    assert "still unreachable after 60s" in messages[2]
+    assert "answers again after 72.0s" in messages[3]
+
+
 # ---------------------------------------------------------------------- the filter on aiokafka's loggers
 
 
