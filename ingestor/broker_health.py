@@ -13,9 +13,11 @@ them and reports them to ``BrokerHealth``, which logs instead:
 
 and exports ``ingestor_broker_up``, ``ingestor_broker_outages_total`` and ``ingestor_broker_errors_suppressed_total``.
 Any other aiokafka message (an unknown template, or a known one carrying an unexpected error) passes through
-unchanged. "Answers again" is learned from the consumer (records fetched, a metadata round trip, a commit), and only
-once no transient error was seen for ``settle_s``, so one outage is one WARNING/INFO pair even while the clients
-reconnect one after the other.
+unchanged. The DLQ's per-record "write failed; retrying" line is summarised the same way, and so are the consumer's
+failed metadata probes and (during an outage) failed commits. "Answers again" is learned from the consumer (a
+metadata round trip, probed every commit interval while the broker is unreachable, or a commit), and only once no
+transient error was seen for ``settle_s``, so one outage is one WARNING/INFO pair even while the clients reconnect
+one after the other.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ class BrokerHealth:
             self._unreported.add(lasted, self._suppressed)
             return
         self._log.info(
-            "Kafka broker answers again after %.1fs unreachable; %d aiokafka errors suppressed (%s)",
+            "Kafka broker answers again after %.1fs unreachable; %d broker errors suppressed (%s)",
             lasted,
             self.suppressed,
             _kinds(self._suppressed),
@@ -230,7 +232,7 @@ class BrokerHealth:
         if not u.outages:
             return
         self._log.warning(
-            "Kafka broker connection flapping: %d more brief outages (%.1fs in all, %d aiokafka errors suppressed: %s) "
+            "Kafka broker connection flapping: %d more brief outages (%.1fs in all, %d broker errors suppressed: %s) "
             "not logged one by one",
             u.outages,
             u.seconds,

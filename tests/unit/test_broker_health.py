@@ -151,7 +151,7 @@ def test_an_outage_is_one_warning_and_one_info(caplog: pytest.LogCaptureFixture)
     lines = health_lines(caplog)
     assert [r.levelno for r in lines] == [logging.WARNING, logging.INFO]
     assert "unreachable (connect: error 0)" in lines[0].getMessage()
-    assert "answers again after 3.7s unreachable; 540 aiokafka errors suppressed" in lines[1].getMessage()
+    assert "answers again after 3.7s unreachable; 540 broker errors suppressed" in lines[1].getMessage()
     assert "connect 180, metadata 180, fetch 180" in lines[1].getMessage()
     assert value(metrics, "ingestor_broker_outages_total") == 1
     assert value(metrics, "ingestor_broker_errors_suppressed_total", kind="connect") == 180
@@ -171,7 +171,7 @@ def test_a_long_outage_repeats_once_a_minute(caplog: pytest.LogCaptureFixture) -
     assert [r.levelno for r in lines] == [logging.WARNING] * 3 + [logging.INFO]
     assert "still unreachable after 60s: 480 errors in the last 60s, 481 in all (connect 481)" in lines[1].getMessage()
     assert "still unreachable after 120s: 480 errors in the last 60s, 961 in all" in lines[2].getMessage()
-    assert "after 155.0s unreachable; 1200 aiokafka errors suppressed" in lines[3].getMessage()
+    assert "after 155.0s unreachable; 1200 broker errors suppressed" in lines[3].getMessage()
 
 
 def test_each_outage_is_counted(caplog: pytest.LogCaptureFixture) -> None:
@@ -186,7 +186,7 @@ def test_each_outage_is_counted(caplog: pytest.LogCaptureFixture) -> None:
         health.answered()
     assert value(metrics, "ingestor_broker_outages_total") == 3
     assert [r.levelno for r in health_lines(caplog)] == [logging.WARNING, logging.INFO] * 3
-    assert "10 aiokafka errors suppressed (coordinator 10)" in health_lines(caplog)[-1].getMessage()
+    assert "10 broker errors suppressed (coordinator 10)" in health_lines(caplog)[-1].getMessage()
 
 
 def test_a_flapping_connection_is_summarised_not_logged_pair_by_pair(caplog: pytest.LogCaptureFixture) -> None:
@@ -210,7 +210,7 @@ def test_a_flapping_connection_is_summarised_not_logged_pair_by_pair(caplog: pyt
     health.report()  # the minute's progress report
     summary = health_lines(caplog)[-1]
     assert summary.levelno == logging.WARNING
-    assert "flapping: 7 more brief outages (14.0s in all, 35 aiokafka errors suppressed: produce 35)" in (
+    assert "flapping: 7 more brief outages (14.0s in all, 35 broker errors suppressed: produce 35)" in (
         summary.getMessage()
     )
     health.report()
@@ -238,7 +238,7 @@ def test_unsummarised_outages_are_reported_before_the_next_reported_one(caplog: 
     health.failed("metadata", "timed out")
     messages = [r.getMessage() for r in health_lines(caplog)]
     assert len(messages) == 4
-    assert "flapping: 2 more brief outages (4.0s in all, 2 aiokafka errors suppressed: connect 2)" in messages[2]
+    assert "flapping: 2 more brief outages (4.0s in all, 2 broker errors suppressed: connect 2)" in messages[2]
     assert "unreachable (metadata: timed out)" in messages[3]
 
 
@@ -318,7 +318,7 @@ def test_transient_errors_are_summarised_and_unexpected_ones_stay(
     mine = [s for s in seen if s[0] == HEALTH_LOGGER]
     assert [s[1] for s in mine] == ["WARNING", "INFO"]
     assert "Unable connect to node with id 1: [Errno 111] Connection refused" in mine[0][2]
-    assert "400 aiokafka errors suppressed (connect 100, metadata 100, fetch 100, coordinator 100)" in mine[1][2]
+    assert "400 broker errors suppressed (connect 100, metadata 100, fetch 100, coordinator 100)" in mine[1][2]
 
 
 def test_uninstall_lets_everything_through(caplog: pytest.LogCaptureFixture) -> None:
@@ -381,7 +381,7 @@ async def test_the_metadata_probe_reports_to_broker_health(caplog: pytest.LogCap
     assert value(metrics, "ingestor_broker_up") == 1 and source.broker_ok_at == clock.now
     lines = [(r.name, r.levelname) for r in caplog.records]
     assert lines == [(HEALTH_LOGGER, "WARNING"), (HEALTH_LOGGER, "INFO")], caplog.text
-    assert "5 aiokafka errors suppressed (metadata 5)" in caplog.records[-1].getMessage()
+    assert "5 broker errors suppressed (metadata 5)" in caplog.records[-1].getMessage()
 
 
 def test_the_summary_lines_render_as_json_fields() -> None:
