@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiokafka
 import pytest
+from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -23,6 +24,7 @@ from ingestor import deadletter
 from ingestor.broker_health import KNOWN_MESSAGES, BrokerHealth, classify, watched_loggers
 from ingestor.config import Settings
 from ingestor.metrics import Metrics
+from ingestor.model import TopicPartition
 from ingestor.pipeline import Pipeline
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
@@ -384,30 +386,88 @@ async def test_the_metadata_probe_reports_to_broker_health(caplog: pytest.LogCap
     assert "5 broker errors suppressed (metadata 5)" in caplog.records[-1].getMessage()
 
 
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
 def test_the_summary_lines_render_as_json_fields() -> None:
-    """The structured fields (broker_up, suppressed) survive into the JSON log line."""
+    """The structured fields (broker_up, suppressed) survive into the service's JSON log line."""
     from ingestor.logs import configure_logging
 
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    touched = ("aiokafka", "botocore", "aiobotocore", "aiohttp.access")
+    saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in touched}
     try:
         configure_logging("INFO", "json")
-        handler = root.handlers[0]
-        clock = Clock()
-        lines: list[str] = []
-        health = BrokerHealth(Metrics(), clock=clock, logger=logging.getLogger(HEALTH_LOGGER))
-        emit = handler.emit
-        handler.emit = lambda r: lines.append(handler.format(r))  # type: ignore[method-assign]
-        try:
-            health.failed("connect", "refused")
-            clock.now += 2
-            health.answered()
-        finally:
-            handler.emit = emit  # type: ignore[method-assign]
+        formatter = root.handlers[0].formatter
     finally:
-        root.handlers[:], level = saved
+        root.handlers[:], level, levels = saved
         root.setLevel(level)
-    parsed = [json.loads(line) for line in lines]
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
+    handler = ListHandler()
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("tests.broker_health.json")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        clock = Clock()
+        health = BrokerHealth(Metrics(), clock=clock, logger=logger)
+        health.failed("connect", "refused")
+        clock.now += 2
+        health.answered()
+    finally:
+        logger.removeHandler(handler)
+    parsed = [json.loads(line) for line in handler.lines]
     assert [p["level"] for p in parsed] == ["warning", "info"]
     assert parsed[0]["broker_up"] is False and parsed[0]["failed"] == "connect"
     assert parsed[1]["broker_up"] is True and parsed[1]["suppressed"] == {"connect": 1}
+    assert parsed[1]["outage_s"] == 2.0
+
+
+class CommittingConsumer(FakeConsumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit_error: Exception | None = None
+        self.tp = KafkaTP("catalog.items", 0)
+
+    def assignment(self) -> set[object]:
+        return {self.tp}
+
+    async def commit(self, offsets: dict[KafkaTP, int]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+
+
+async def test_commit_failures_during_an_outage_are_counted_not_logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    source, _, metrics = make_source(clock)
+    consumer = CommittingConsumer()
+    source.consumer = consumer  # type: ignore[assignment]
+    monkeypatch.setattr(source.pipeline.tracker, "to_commit", lambda owned: {TopicPartition("catalog.items", 0): 5})
+    monkeypatch.setattr(source.pipeline.tracker, "committed", lambda offsets: None)
+
+    consumer.commit_error = KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+    assert await source.commit() == {}  # the broker is not known to be down: a commit failure is worth a line
+    assert [r.getMessage()[:13] for r in caplog.records] == ["commit failed"]
+    source.broker_health.failed("connect", "refused")
+    for _ in range(5):
+        clock.now += 1
+        assert await source.commit() == {}
+    assert value(metrics, "ingestor_broker_errors_suppressed_total", kind="commit") == 5
+    assert [r.name for r in caplog.records] == ["ingestor.source", HEALTH_LOGGER]
+    consumer.commit_error = None
+    clock.now += 1
+    assert await source.commit() == {TopicPartition("catalog.items", 0): 5}
+    assert source.broker_health.up
+    assert "answers again after 6.0s unreachable; 6 broker errors suppressed (commit 5, connect 1)" in (
+        caplog.records[-1].getMessage()
+    )
