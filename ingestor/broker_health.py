@@ -87,6 +87,9 @@ KNOWN_MESSAGES: tuple[KnownMessage, ...] = (
     KnownMessage("Marking the coordinator dead (node %s)for group %s.", "coordinator", None),
     KnownMessage("FindCoordinator Request failed: %s", "coordinator", 0),
     KnownMessage("Heartbeat session expired - marking coordinator dead", "coordinator", None),
+    KnownMessage(
+        "Heartbeat failed for group %s: coordinator (node %s) is either not started or not valid", "coordinator", None
+    ),
     KnownMessage("Cannot send %r to %s: %r", "produce", 2),
     KnownMessage("Could not send %r: %r", "produce", 1),
     KnownMessage("Got error produce response: %s", "produce", 0),
