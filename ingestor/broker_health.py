@@ -23,6 +23,7 @@ one after the other.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -57,6 +58,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # ConnectionRefusedError, ConnectionResetError, ...
     TimeoutError,
 )
+# ... except these, which are configuration problems to see at once (a TLS handshake failure is an OSError).
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (ssl.SSLError,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,8 @@ def classify(record: logging.LogRecord) -> str | None:
         return None
     if known.error_arg is not None:
         args = record.args if isinstance(record.args, tuple) else ()
-        if len(args) <= known.error_arg or not isinstance(args[known.error_arg], TRANSIENT_ERRORS):
+        error = args[known.error_arg] if len(args) > known.error_arg else None
+        if not isinstance(error, TRANSIENT_ERRORS) or isinstance(error, NOT_TRANSIENT):
             return None
     return known.kind
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def test_known_transient_messages_are_classified(logger: str, msg: str, args: tu
         # a known template carrying an error that is not about reaching the broker
         ("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s", (1, TopicAuthorizationFailedError())),
         ("aiokafka.consumer.group_coordinator", "Group Coordinator Request failed: %s", (KafkaError("odd"),)),
+        # a TLS handshake failure is an OSError, but a configuration problem
+        ("aiokafka", "Unable connect to node with id %s: %s", (1, ssl.SSLCertVerificationError(1, "verify failed"))),
         # unknown messages
         ("aiokafka.consumer.fetcher", "Unexpected error in fetcher routine", ()),
         ("aiokafka.consumer.group_coordinator", "Heartbeat failed: %r", (KafkaError("x"),)),
