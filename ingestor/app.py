@@ -91,6 +91,8 @@ class Service:
             return f"the Kafka broker did not answer a metadata request in the last {BROKER_STALE_S:.0f}s"
         if self.pipeline.stalled:
             return f"retry budget spent: {self.pipeline.stalled}"
+        if self.pipeline.registry_problem:
+            return f"records wait for the schema registry: {self.pipeline.registry_problem}"
         return None
 
     def live(self) -> str | None:
