@@ -157,8 +157,9 @@ class Writer:
         try:
             obj = schemaless_reader(buf, self.parsed, None)
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeDecodeError...
+            why = "a union or enum index out of range" if isinstance(exc, IndexError) else f"{exc}"
             raise _fail(
-                record, f"{what} does not decode with schema id {self.schema_id}: {type(exc).__name__}: {exc}"
+                record, f"{what} does not decode with schema id {self.schema_id}: {type(exc).__name__}: {why}"
             ) from exc
         left = len(data) - buf.tell()
         if left:

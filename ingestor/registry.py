@@ -13,6 +13,7 @@ rotated token is picked up), TLS options and a per-request timeout. Answers are 
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 from dataclasses import dataclass
@@ -86,28 +87,22 @@ class RegistryClient:
             await session.close()
 
     def _headers(self) -> dict[str, str]:
+        """Accept + Authorization (basic or bearer); secrets from the settings or read from their mounted files."""
         s = self.settings
         headers = {"Accept": CONTENT_TYPE}
-        token = None
-        if s.bearer_token is not None:
-            token = s.bearer_token.get_secret_value()
+        if s.basic_auth_user:
+            if s.basic_auth_password is not None:
+                password = s.basic_auth_password.get_secret_value()
+            else:
+                assert s.basic_auth_password_file is not None  # the settings check requires one of them
+                password = s.basic_auth_password_file.read_text(encoding="utf-8").strip()
+            pair = f"{s.basic_auth_user}:{password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        elif s.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {s.bearer_token.get_secret_value()}"
         elif s.bearer_token_file is not None:
-            token = s.bearer_token_file.read_text(encoding="utf-8").strip()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {s.bearer_token_file.read_text(encoding='utf-8').strip()}"
         return headers
-
-    def _auth(self) -> aiohttp.BasicAuth | None:
-        s = self.settings
-        if not s.basic_auth_user:
-            return None
-        if s.basic_auth_password is not None:
-            password = s.basic_auth_password.get_secret_value()
-        elif s.basic_auth_password_file is not None:
-            password = s.basic_auth_password_file.read_text(encoding="utf-8").strip()
-        else:  # pragma: no cover - the settings check forbids it
-            password = ""
-        return aiohttp.BasicAuth(s.basic_auth_user, password)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         if self._session is None:
@@ -119,7 +114,7 @@ class RegistryClient:
             headers = self._headers()
             if data is not None:
                 headers["Content-Type"] = CONTENT_TYPE
-            async with self._session.request(method, url, data=data, headers=headers, auth=self._auth()) as resp:
+            async with self._session.request(method, url, data=data, headers=headers) as resp:
                 text = await resp.text()
                 try:
                     payload = json.loads(text) if text else None
