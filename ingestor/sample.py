@@ -128,8 +128,10 @@ def generate(count: int, spec: StreamSpec | None = None) -> Iterator[Event]:
         if rng.random() < spec.bad_share:
             if spec.avro is not None:
                 value, problem = _avro_bad(rng, spec.avro, topic, row)
-            else:
-                value, problem = _bad(rng, topic, record_id, row)
+                key = spec.avro.encode("items-key", {"ITEM_ID": record_id}) if is_item else record_id.encode()
+                yield Event(topic, key, value, record_id, None, problem)
+                continue
+            value, problem = _bad(rng, topic, record_id, row)
             yield Event(topic, record_id.encode(), value, record_id, None, problem)
             continue
         if spec.avro is not None:
@@ -296,9 +298,8 @@ def _avro_value(
 ) -> tuple[bytes, bytes, dict[str, Any]]:
     """(key, value, expected) of a valid Avro event; ``expected`` adjusted to what the writer schema carries."""
     roll = rng.random()
-    rid = row["ITEM_ID"] if topic == ITEMS_TOPIC else row["USER_ID"]
-    key = rid.encode()
     if topic == ITEMS_TOPIC:
+        key = avro.encode("items-key", {"ITEM_ID": row["ITEM_ID"]})  # one key format per topic: one partition per id
         created = row["CREATION_TIMESTAMP"]
         row = {**row, "CREATION_TIMESTAMP": created * 1000 + rng.randrange(1000)}  # millis; expected: seconds
         if roll < 0.6:
@@ -309,9 +310,9 @@ def _avro_value(
             return key, avro.encode(name, row), expected
         row["CREATION_TIMESTAMP"] = created * 1_000_000 + rng.randrange(1_000_000)  # Debezium MicroTimestamp
         row["PRICE"] = Decimal(f"{row['PRICE']:.2f}")
-        key = avro.encode("items-key", {"ITEM_ID": rid})
         env = {"before": None, "after": row, "source": _SOURCE, "op": rng.choice("cur"), "ts_ms": 1_700_000_000_000}
         return key, avro.encode("items-debezium", env), expected
+    key = row["USER_ID"].encode()
     if roll < 0.5:
         return key, avro.encode("users", row), expected
     env = {"before": None, "after": row, "source": _SOURCE, "op": rng.choice("cur"), "ts_ms": 1_700_000_000_000}
