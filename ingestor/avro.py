@@ -141,6 +141,7 @@ class Writer:
     debezium: bool = False
     row_fields: tuple[str, ...] | None = None  # None: the top level is not a record (a key schema, say)
     converters: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    may_nest: bool = True  # a row field may hold a record, array or map (checked per record only then)
     _id_fields: dict[DatasetKind, tuple[str, ...]] = field(default_factory=dict)
 
     def id_fields(self, kind: DatasetKind) -> tuple[str, ...]:
@@ -205,7 +206,17 @@ def compile_schema(registered: RegisteredSchema) -> Writer:
     if row is not None:
         writer.row_fields = tuple(f["name"] for f in row["fields"])
         writer.converters = converters_by_record.get(id(row), {})
+        writer.may_nest = any(
+            _is_container(b)
+            for f in row["fields"]
+            if f["name"] not in writer.converters  # a converted record (VariableScaleDecimal) becomes a scalar
+            for b in _branches(f["type"], named)
+        )
     return writer
+
+
+def _is_container(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") in ("record", "error", "array", "map")
 
 
 def _is_record(schema: Any) -> bool:
@@ -440,7 +451,7 @@ class AvroDecoder:
             v = row.get(name)
             if v is not None:
                 row[name] = conv(v)
-        for name, v in row.items():
+        for name, v in row.items() if writer.may_nest else ():
             if isinstance(v, _NESTED):
                 raise _fail(
                     record,
@@ -454,7 +465,11 @@ class AvroDecoder:
     def _row_id(
         self, record: SourceRecord, kind: DatasetKind, writer: Writer, row: dict[str, Any], prefix: str
     ) -> str | None:
-        ids = {n: _as_id(record, row[n], f"{prefix}{n}") for n in writer.id_fields(kind) if row.get(n) is not None}
+        names = writer.id_fields(kind)
+        if len(names) == 1:  # the usual case
+            v = row.get(names[0])
+            return None if v is None else _as_id(record, v, f"{prefix}{names[0]}")
+        ids = {n: _as_id(record, row[n], f"{prefix}{n}") for n in names if row.get(n) is not None}
         if len(set(ids.values())) > 1:
             given = ", ".join(f"{k}={v!r}" for k, v in sorted(ids.items()))
             raise _fail(record, f"the id is given twice with different values: {given}")
