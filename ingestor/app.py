@@ -309,6 +309,15 @@ def describe(settings: Settings) -> str:
         f"Personalize {p.endpoint_url or 'AWS ' + p.region}, {p.max_in_flight} calls in flight, "
         f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
     ]
+    if (reg := settings.schema_registry) is not None:
+        auth = (
+            "basic auth"
+            if reg.basic_auth_user
+            else "bearer token"
+            if reg.bearer_token or reg.bearer_token_file
+            else "no auth"
+        )
+        lines.append(f"Schema Registry {reg.url} ({auth}, timeout {reg.request_timeout_s:g}s, cache {reg.cache_size})")
     for r in settings.routes:
         fields = ", ".join(f.name for f in r.load_schema().fields)
         lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields})")
