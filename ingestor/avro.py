@@ -365,11 +365,17 @@ class WriterSchemas:
                     self._count("not_found")
                     self._put(schema_id, _Failed(str(exc), self._clock() + UNKNOWN_ID_TTL_S))
                     break
-                except RegistryUnavailable as exc:
+                except Exception as exc:  # RegistryUnavailable, or a surprise: records wait, we retry
                     self._count("error")
+                    why = str(exc) if isinstance(exc, RegistryUnavailable) else f"{type(exc).__name__}: {exc}"
                     if self.failing is None:
-                        log.warning("%s; records with schema id %d wait, retrying with back-off", exc, schema_id)
-                    self.failing = str(exc)
+                        log.warning(
+                            "%s; records with schema id %d wait, retrying with back-off",
+                            why,
+                            schema_id,
+                            exc_info=not isinstance(exc, RegistryUnavailable),
+                        )
+                    self.failing = why
                     await asyncio.sleep(random.uniform(delay / 2, delay))
                     delay = min(delay * 2, self.max_delay_s)
                     continue

@@ -227,6 +227,8 @@ class SchemaRegistrySettings(_Frozen):
     def _consistent(self) -> SchemaRegistrySettings:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        if "@" in self.url.split("/")[2]:
+            raise ValueError("url must not hold credentials: set basic_auth_user and basic_auth_password(_file)")
         basic = self.basic_auth_password is not None or self.basic_auth_password_file is not None
         if basic and not self.basic_auth_user:
             raise ValueError("basic_auth_password(_file) needs basic_auth_user")

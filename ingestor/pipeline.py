@@ -144,8 +144,14 @@ class Pipeline:
             self.metrics.waiting_for_schema.set(self.held.count)
 
     def _release_held(self) -> None:
-        if self.held.count and self.held.release(self._process):
-            self.metrics.waiting_for_schema.set(self.held.count)
+        try:
+            if self.held.count and self.held.release(self._process):
+                self.metrics.waiting_for_schema.set(self.held.count)
+        except Exception as exc:  # a bug: stop loudly, as for the pipeline's own tasks
+            log.error("releasing records held for a schema failed: %r", exc, exc_info=exc)
+            if self.failure is None:
+                self.failure = exc
+                self.on_failure()
 
     def _process(self, rec: SourceRecord, epoch: int) -> bool:
         """Decode → validate → buffer (or DLQ). False when the record must wait for its writer schema."""
@@ -312,6 +318,8 @@ class Pipeline:
             healthy_idle = all(ds.buffer.buffered == 0 for ds in self.datasets if ds.fatal is None)
             if self.fatal is not None and healthy_idle and self.dlq.pending == 0:
                 break  # only the fatal route's records are left: they will never be done
+            if self.held.count == self.tracker.pending_total and self.schemas.failing is not None:
+                break  # only records waiting for an unavailable schema registry are left
             await asyncio.sleep(0.02)
         self._flushing = False
         return self.tracker.pending_total == 0

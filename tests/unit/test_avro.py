@@ -382,6 +382,7 @@ def test_format_avro_needs_a_schema_registry_section() -> None:
     ("section", "fragment"),
     [
         ({"url": "registry:8081"}, "must start with http"),
+        ({"url": "https://u:secret@registry:8081"}, "must not hold credentials"),
         ({"url": "http://r", "basic_auth_user": "u"}, "needs basic_auth_password"),
         ({"url": "http://r", "basic_auth_password": "p"}, "needs basic_auth_user"),
         ({"url": "http://r", "basic_auth_user": "u", "basic_auth_password": "p", "bearer_token": "t"}, "not both"),

@@ -119,6 +119,7 @@ async def test_records_wait_for_their_schema_in_order_while_other_partitions_flo
     assert pipeline.metrics.waiting_for_schema._value.get() == 3
 
     registry.down = False  # the registry is back: the held records flow, in order
+    await wait_until(lambda: pipeline.held.count == 0, timeout=5, what="the held records to be released")
     assert await pipeline.drain(5)
     assert producer.sent == []  # nothing dead-lettered for the outage
     state = prices(personalize)
@@ -147,6 +148,16 @@ async def test_an_unknown_id_or_garbage_is_dead_lettered_at_decode_with_the_sche
     assert "catalog.items/0@1" in h1["ingestor.error.reason"]
     assert set(prices(personalize)) == {"ok"}
     assert pipeline.tracker.to_commit() == {P0: 3}
+
+
+async def test_a_drain_does_not_wait_for_records_held_by_an_unavailable_registry(harness) -> None:
+    pipeline, personalize, _, registry = harness
+    registry.down = True
+    pipeline.ingest(json_item("a", 1.0, 1, 0))
+    pipeline.ingest(avro_item(1, "b", 1.0, 0, 0))
+    await wait_until(lambda: pipeline.schemas.failing is not None, timeout=5, what="the fetch to fail")
+    assert not await pipeline.drain(5)  # returns at once: the rest waits for the registry
+    assert pipeline.tracker.to_commit() == {P1: 1, P0: 0} and set(prices(personalize)) == {"a"}
 
 
 async def test_revocation_drops_held_records_uncommitted(harness) -> None:
