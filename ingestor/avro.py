@@ -187,7 +187,10 @@ def compile_schema(registered: RegisteredSchema) -> Writer:
         raise ValueError(f"schema id {sid} is not valid JSON: {exc}") from exc
     converters_by_record: dict[int, dict[str, Callable[[Any], Any]]] = {}
     named: dict[str, Any] = {}
-    _walk(raw, None, named, converters_by_record)
+    try:
+        _walk(raw, None, named, converters_by_record)
+    except ValueError as exc:
+        raise ValueError(f"schema id {sid}: {exc}") from exc
     try:
         parsed = parse_schema(raw)
     except Exception as exc:  # fastavro's SchemaParseException, and errors of malformed schemas
@@ -266,6 +269,11 @@ def _walk(
                     mine[str(f.get("name"))] = conv
             _walk(ftype, namespace, named, converters)
     elif kind == "array":
+        items = _resolve(schema.get("items"), named)
+        if items == "null" or items == {"type": "null"} or (_is_record(items) and not items["fields"]):
+            # Items of zero bytes: a garbage block count would make the reader loop for ages (a poison record
+            # must never block a partition).
+            raise ValueError("arrays of zero-size items (null or empty records) are not supported")
         _walk(schema.get("items"), namespace, named, converters)
     elif kind == "map":
         _walk(schema.get("values"), namespace, named, converters)

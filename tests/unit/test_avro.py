@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from fastavro import parse_schema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ingestor.avro import AvroDecoder, SchemaPending, WriterSchemas, encode
 from ingestor.config import SchemaRegistrySettings, Settings
@@ -404,3 +406,44 @@ def test_registry_secrets_come_from_the_environment_and_are_never_shown(monkeypa
     s = Settings.load(None, routes=[{**route, "schema": CONFIG / "schemas/items.avsc", "format": "avro"}])
     assert s.schema_registry is not None and s.schema_registry.basic_auth_user == "svc"
     assert "s3cret" not in repr(s)
+
+
+# ---------------------------------------------------------------------- fuzzing: garbage never escapes as a surprise
+
+
+def test_arrays_of_zero_size_items_are_refused_as_a_poison_guard() -> None:
+    bad = {"type": "record", "name": "R", "fields": [{"name": "X", "type": {"type": "array", "items": "null"}}]}
+    with pytest.raises(ValueError, match="schema id 4: arrays of zero-size items"):
+        WriterSchemas(None).add(RegisteredSchema(4, json.dumps(bad)))
+
+
+_FUZZ_ROW = {
+    "type": "record",
+    "name": "Value",
+    "fields": [
+        {"name": "ITEM_ID", "type": ["null", "string", "long"]},
+        {"name": "PRICE", "type": {"type": "bytes", "logicalType": "decimal", "precision": 8, "scale": 2}},
+        {"name": "T", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "TAGS", "type": {"type": "array", "items": "string"}},
+        {"name": "M", "type": {"type": "map", "values": ["null", "double"]}},
+        {"name": "E", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}},
+        {"name": "F", "type": {"type": "fixed", "name": "F", "size": 3}},
+    ],
+}
+_FUZZ = decoder((1, _FUZZ_ROW), (2, envelope(ROW)), (3, '"string"'))
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sid=st.sampled_from([1, 2, 3]),
+    body=st.binary(max_size=64),
+    key=st.one_of(st.none(), st.binary(max_size=12), st.binary(max_size=12).map(lambda b: b"\x00\x00\x00\x00\x03" + b)),
+)
+def test_any_bytes_after_the_header_give_a_change_or_a_decode_error(sid: int, body: bytes, key: bytes | None) -> None:
+    value = b"\x00" + sid.to_bytes(4, "big") + body
+    try:
+        change = _FUZZ.decode(rec(value, key), ITEMS, "avro")
+    except DecodeError as exc:
+        assert str(exc).startswith("shop.items/2@5: ")
+    else:
+        assert isinstance(change.record_id, str) and change.op in (Op.UPSERT, Op.DELETE)
