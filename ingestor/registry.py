@@ -106,7 +106,8 @@ class RegistryClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=ssl_context(self.settings) or True, limit=8)
+            tls = ssl_context(self.settings)
+            connector = aiohttp.TCPConnector(ssl=True if tls is None else tls, limit=8)
             self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         url = self.base_url + path
         try:

@@ -447,3 +447,59 @@ def test_any_bytes_after_the_header_give_a_change_or_a_decode_error(sid: int, bo
         assert str(exc).startswith("shop.items/2@5: ")
     else:
         assert isinstance(change.record_id, str) and change.op in (Op.UPSERT, Op.DELETE)
+
+
+def test_tls_options_become_the_client_ssl_setup() -> None:
+    import ssl
+
+    from ingestor.registry import ssl_context
+
+    assert ssl_context(SchemaRegistrySettings(url="http://r:8081")) is None
+    assert ssl_context(SchemaRegistrySettings(url="https://r")) is None  # the system's trust store
+    assert ssl_context(SchemaRegistrySettings(url="https://r", ssl_verify=False)) is False
+    bundle = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    if not bundle.is_file():
+        pytest.skip("no CA bundle on this machine")
+    ctx = ssl_context(SchemaRegistrySettings(url="https://r", ssl_cafile=bundle, ssl_verify=False))
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    ctx = ssl_context(SchemaRegistrySettings(url="https://r", ssl_cafile=bundle))
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.get_ca_certs()
+
+
+async def test_https_registry_with_a_private_ca_verification_off_and_a_bad_certificate(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"schema": json.dumps(ROW)})
+
+    app = web.Application()
+    app.add_routes([web.get("/schemas/ids/{id}", handler)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port, ssl_context=server_tls).start()
+    url = f"https://127.0.0.1:{unused_tcp_port}"
+    try:
+        async with RegistryClient(SchemaRegistrySettings(url=url, ssl_cafile=cert)) as client:
+            assert (await client.schema(1)).schema_id == 1
+        async with RegistryClient(SchemaRegistrySettings(url=url, ssl_verify=False)) as client:
+            assert (await client.schema(1)).schema_id == 1
+        async with RegistryClient(SchemaRegistrySettings(url=url)) as client:  # not signed by a trusted CA
+            with pytest.raises(RegistryUnavailable, match=r"(?i)certificate"):
+                await client.schema(1)
+    finally:
+        await runner.cleanup()
