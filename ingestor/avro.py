@@ -30,7 +30,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from datetime import time as dt_time
@@ -67,6 +67,11 @@ class SchemaSource(Protocol):
     """Where writer schemas come from (the registry client, or a fake in tests)."""
 
     async def schema(self, schema_id: int) -> RegisteredSchema: ...
+
+    async def version(self, subject: str, version: int | str) -> RegisteredSchema: ...
+
+
+MAX_REFERENCES = 100  # schemas one writer schema may pull in through references (a guard against cycles)
 
 
 # --------------------------------------------------------------------------- logical types
@@ -174,27 +179,32 @@ class _Failed:
     until: float | None = None  # retried after this time (an unknown id); None: permanent (not an Avro schema)
 
 
-def compile_schema(registered: RegisteredSchema) -> Writer:
-    """Parse a registered writer schema; raise ValueError with a reason when it cannot serve as one."""
+def compile_schema(registered: RegisteredSchema, references: Sequence[RegisteredSchema] = ()) -> Writer:
+    """Parse a registered writer schema (with the schemas it references, dependencies first); raise ValueError with
+    a reason when it cannot serve as one."""
     sid = registered.schema_id
-    if registered.schema_type.upper() != "AVRO":
-        raise ValueError(f"schema id {sid} is a {registered.schema_type} schema, not Avro")
-    if registered.references:
-        raise ValueError(f"schema id {sid} uses schema references, which are not supported")
-    try:
-        raw = json.loads(registered.text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"schema id {sid} is not valid JSON: {exc}") from exc
+    if registered.references and not references:
+        raise ValueError(f"schema id {sid} references other schemas, which were not resolved")
     converters_by_record: dict[int, dict[str, Callable[[Any], Any]]] = {}
     named: dict[str, Any] = {}
-    try:
-        _walk(raw, None, named, converters_by_record)
-    except ValueError as exc:
-        raise ValueError(f"schema id {sid}: {exc}") from exc
-    try:
-        parsed = parse_schema(raw)
-    except Exception as exc:  # fastavro's SchemaParseException, and errors of malformed schemas
-        raise ValueError(f"schema id {sid} is not a valid Avro schema: {type(exc).__name__}: {exc}") from exc
+    fastavro_named: dict[str, Any] = {}
+    for what, reg in [*((f"its reference {r.text[:60]!r}", r) for r in references), ("it", registered)]:
+        if reg.schema_type.upper() != "AVRO":
+            raise ValueError(f"schema id {sid}: {what} is a {reg.schema_type} schema, not Avro")
+        try:
+            raw = json.loads(reg.text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"schema id {sid}: {what} is not valid JSON: {exc}") from exc
+        try:
+            _walk(raw, None, named, converters_by_record)
+        except ValueError as exc:
+            raise ValueError(f"schema id {sid}: {exc}") from exc
+        try:
+            parsed = parse_schema(raw, named_schemas=fastavro_named)
+        except Exception as exc:  # fastavro's SchemaParseException, and errors of malformed schemas
+            raise ValueError(
+                f"schema id {sid}: {what} is not a valid Avro schema: {type(exc).__name__}: {exc}"
+            ) from exc
     writer = Writer(sid, parsed)
     top = _resolve(raw, named)
     if not _is_record(top):
@@ -324,9 +334,9 @@ class WriterSchemas:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def add(self, registered: RegisteredSchema) -> Writer:
+    def add(self, registered: RegisteredSchema, references: Sequence[RegisteredSchema] = ()) -> Writer:
         """Compile and cache a schema (a fetch's result; also primes the cache in tests and benchmarks)."""
-        writer = compile_schema(registered)
+        writer = compile_schema(registered, references)
         self._put(registered.schema_id, writer)
         return writer
 
@@ -389,7 +399,20 @@ class WriterSchemas:
                     continue
                 self._count("ok")
                 try:
-                    self.add(registered)
+                    references = await self._references(registered)
+                except SchemaNotFound as exc:
+                    reason = f"schema id {schema_id} references a schema the registry does not have: {exc}"
+                    self._put(schema_id, _Failed(reason, self._clock() + UNKNOWN_ID_TTL_S))
+                    break
+                except Exception as exc:
+                    if not isinstance(exc, RegistryUnavailable):
+                        log.warning("resolving the references of schema id %d failed", schema_id, exc_info=exc)
+                    self.failing = str(exc)
+                    await asyncio.sleep(random.uniform(delay / 2, delay))
+                    delay = min(delay * 2, self.max_delay_s)
+                    continue
+                try:
+                    self.add(registered, references)
                 except ValueError as exc:
                     self._put(schema_id, _Failed(str(exc)))
                 break
@@ -399,6 +422,27 @@ class WriterSchemas:
             log.info("the schema registry answers again")
             self.failing = None
         self.on_resolved()
+
+    async def _references(self, registered: RegisteredSchema) -> list[RegisteredSchema]:
+        """The schemas ``registered`` references, transitively, dependencies first (each once)."""
+        assert self.source is not None
+        out: list[RegisteredSchema] = []
+        seen: set[tuple[str, str]] = set()
+
+        async def visit(reg: RegisteredSchema) -> None:
+            for ref in reg.references:
+                key = (str(ref.get("subject")), str(ref.get("version")))
+                if key in seen:
+                    continue
+                seen.add(key)
+                if len(seen) > MAX_REFERENCES:
+                    raise SchemaNotFound(f"more than {MAX_REFERENCES} referenced schemas")
+                dep = await self.source.version(*key)  # type: ignore[union-attr]
+                await visit(dep)
+                out.append(dep)
+
+        await visit(registered)
+        return out
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:

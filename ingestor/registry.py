@@ -1,6 +1,7 @@
 """A small async client of a Confluent-compatible Schema Registry (the REST subset an Avro consumer needs).
 
-``schema(id)`` fetches a writer schema by its global id (``GET /schemas/ids/{id}``); ``register(subject, schema)``
+``schema(id)`` fetches a writer schema by its global id (``GET /schemas/ids/{id}``); ``version(subject, version)``
+fetches a schema it references (``GET /subjects/{subject}/versions/{version}``); ``register(subject, schema)``
 registers one (``POST /subjects/{subject}/versions``, for producers: the demo, tests, benchmarks). One aiohttp session
 for the service's lifetime, with basic auth or a bearer token (read from its mounted file on every request, so a
 rotated token is picked up), TLS options and a per-request timeout. Answers are mapped to two errors:
@@ -19,6 +20,7 @@ import ssl
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -27,6 +29,7 @@ from ingestor.errors import IngestorError
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 SCHEMA_NOT_FOUND = 40403  # Confluent's error_code for an unknown schema id
+SUBJECT_NOT_FOUND, VERSION_NOT_FOUND = 40401, 40402  # ... for an unknown subject / version (schema references)
 
 
 class RegistryError(IngestorError):
@@ -129,19 +132,41 @@ class RegistryClient:
         """The writer schema with this id. Raises SchemaNotFound or RegistryUnavailable."""
         status, payload = await self._request("GET", f"/schemas/ids/{schema_id}")
         if status == 200 and isinstance(payload, dict) and isinstance(payload.get("schema"), str):
-            refs = payload.get("references") or ()
-            return RegisteredSchema(schema_id, payload["schema"], str(payload.get("schemaType") or "AVRO"), tuple(refs))
+            return _registered(schema_id, payload)
         if status == 404 and isinstance(payload, dict) and payload.get("error_code") == SCHEMA_NOT_FOUND:
             raise SchemaNotFound(f"schema id {schema_id} is not in the schema registry (404, error 40403)")
         raise RegistryUnavailable(_describe(self.base_url, f"GET /schemas/ids/{schema_id}", status, payload))
 
-    async def register(self, subject: str, schema: str | dict[str, Any]) -> int:
+    async def version(self, subject: str, version: int | str) -> RegisteredSchema:
+        """A subject's schema version (a schema reference). Raises SchemaNotFound or RegistryUnavailable."""
+        path = f"/subjects/{quote(subject, safe='')}/versions/{version}"
+        status, payload = await self._request("GET", path)
+        if status == 200 and isinstance(payload, dict) and isinstance(payload.get("schema"), str):
+            return _registered(int(payload.get("id") or 0), payload)
+        codes = (SUBJECT_NOT_FOUND, VERSION_NOT_FOUND)
+        if status == 404 and isinstance(payload, dict) and payload.get("error_code") in codes:
+            raise SchemaNotFound(f"subject {subject!r} version {version} is not in the schema registry")
+        raise RegistryUnavailable(_describe(self.base_url, f"GET {path}", status, payload))
+
+    async def register(
+        self, subject: str, schema: str | dict[str, Any], references: list[dict[str, Any]] | None = None
+    ) -> int:
         """Register an Avro schema under a subject (idempotent: the same schema keeps its id); returns the id."""
         text = schema if isinstance(schema, str) else json.dumps(schema)
-        status, payload = await self._request("POST", f"/subjects/{subject}/versions", {"schema": text})
+        body: dict[str, Any] = {"schema": text}
+        if references:
+            body["references"] = references
+        status, payload = await self._request("POST", f"/subjects/{quote(subject, safe='')}/versions", body)
         if status == 200 and isinstance(payload, dict) and isinstance(payload.get("id"), int):
             return int(payload["id"])
         raise RegistryUnavailable(_describe(self.base_url, f"POST /subjects/{subject}/versions", status, payload))
+
+
+def _registered(schema_id: int, payload: dict[str, Any]) -> RegisteredSchema:
+    refs = payload.get("references") or ()
+    if not isinstance(refs, list | tuple) or not all(isinstance(r, dict) for r in refs):
+        refs = ()
+    return RegisteredSchema(schema_id, payload["schema"], str(payload.get("schemaType") or "AVRO"), tuple(refs))
 
 
 def _describe(base_url: str, request: str, status: int, payload: Any) -> str:

@@ -2,8 +2,9 @@
 
 * ``GET /schemas/ids/{id}`` → ``{"schema": "<Avro JSON>"}`` (404 with ``error_code`` 40403 when unknown);
 * ``GET /subjects``, ``GET /subjects/{subject}/versions``, ``GET /subjects/{subject}/versions/{version|latest}``;
-* ``POST /subjects/{subject}/versions`` with ``{"schema": "..."}`` registers an Avro schema (checked with fastavro;
-  422 with 42201 when invalid) and answers ``{"id": N}``; the same schema keeps its id, under any subject.
+* ``POST /subjects/{subject}/versions`` with ``{"schema": "...", "references": [...]}`` registers an Avro schema
+  (checked with fastavro, with the subject versions it references; 422 with 42201 when invalid) and answers
+  ``{"id": N}``; the same schema keeps its id, under any subject.
 * ``GET|POST /_emulator/registry``: ``{"down": true}`` makes every registry route answer 503 (an outage, for tests
   and demos) until ``{"down": false}``.
 
@@ -26,25 +27,49 @@ CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 @dataclass
 class SchemaRegistry:
     schemas: dict[int, str] = field(default_factory=dict)  # id → schema text
+    references: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # id → its schema references
     subjects: dict[str, list[int]] = field(default_factory=dict)  # subject → ids by version (version = index + 1)
     down: bool = False
     requests: int = 0
 
-    def register(self, subject: str, text: str) -> int:
-        """Register (idempotent); raises ValueError when the text is not an Avro schema."""
+    def register(self, subject: str, text: str, references: list[dict[str, Any]] | None = None) -> int:
+        """Register (idempotent); raises ValueError when the text is not an Avro schema (with its references)."""
+        refs = list(references or [])
         try:
+            named: dict[str, Any] = {}
+            self._parse_references(refs, named, depth=0)
             canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
-            parse_schema(json.loads(text))
-        except Exception as exc:  # JSON errors and fastavro's SchemaParseException
+            parse_schema(json.loads(text), named_schemas=named)
+        except Exception as exc:  # JSON errors, fastavro's SchemaParseException, unknown references
             raise ValueError(f"Invalid schema: {type(exc).__name__}: {exc}") from exc
-        sid = next((i for i, t in self.schemas.items() if t == canonical), None)
+        sid = next((i for i, t in self.schemas.items() if t == canonical and self.references.get(i, []) == refs), None)
         if sid is None:
             sid = len(self.schemas) + 1
             self.schemas[sid] = canonical
+            if refs:
+                self.references[sid] = refs
         versions = self.subjects.setdefault(subject, [])
         if sid not in versions:
             versions.append(sid)
         return sid
+
+    def _parse_references(self, refs: list[dict[str, Any]], named: dict[str, Any], depth: int) -> None:
+        if depth > 10:
+            raise ValueError("references nest too deeply")
+        for ref in refs:
+            ids = self.subjects.get(str(ref.get("subject")), [])
+            version = ref.get("version")
+            if not isinstance(version, int) or not 1 <= version <= len(ids):
+                raise ValueError(f"reference {ref} names no registered subject version")
+            sid = ids[version - 1]
+            self._parse_references(self.references.get(sid, []), named, depth + 1)
+            parse_schema(json.loads(self.schemas[sid]), named_schemas=named)
+
+    def body(self, sid: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"schema": self.schemas[sid]}
+        if sid in self.references:
+            body["references"] = self.references[sid]
+        return body
 
 
 REGISTRY = web.AppKey("schema_registry", SchemaRegistry)
@@ -95,7 +120,7 @@ async def _schema_by_id(request: web.Request, registry: SchemaRegistry) -> web.R
     sid = _int(request.match_info["id"])
     if sid is None or sid not in registry.schemas:
         return _error(404, 40403, f"Schema {request.match_info['id']} not found")
-    return _json({"schema": registry.schemas[sid]})
+    return _json(registry.body(sid))
 
 
 async def _subjects(request: web.Request, registry: SchemaRegistry) -> web.Response:
@@ -118,7 +143,7 @@ async def _version(request: web.Request, registry: SchemaRegistry) -> web.Respon
     if version is None or not 1 <= version <= len(ids):
         return _error(404, 40402, f"Version {text} not found.")
     sid = ids[version - 1]
-    return _json({"subject": subject, "version": version, "id": sid, "schema": registry.schemas[sid]})
+    return _json({"subject": subject, "version": version, "id": sid, **registry.body(sid)})
 
 
 async def _register(request: web.Request, registry: SchemaRegistry) -> web.Response:
@@ -130,8 +155,11 @@ async def _register(request: web.Request, registry: SchemaRegistry) -> web.Respo
         return _error(422, 42201, 'send {"schema": "<Avro schema as a JSON string>"}')
     if body.get("schemaType", "AVRO") != "AVRO":
         return _error(422, 42201, "only Avro schemas are supported here")
+    refs = body.get("references") or []
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        return _error(422, 42201, "references must be a list of {name, subject, version}")
     try:
-        sid = registry.register(request.match_info["subject"], body["schema"])
+        sid = registry.register(request.match_info["subject"], body["schema"], refs)
     except ValueError as exc:
         return _error(422, 42201, str(exc))
     return _json({"id": sid})

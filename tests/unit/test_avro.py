@@ -215,7 +215,7 @@ def test_schemas_that_are_not_plain_avro_are_dead_lettered_not_retried() -> None
     cache = WriterSchemas(None)
     with pytest.raises(ValueError, match="PROTOBUF schema, not Avro"):
         cache.add(RegisteredSchema(5, "syntax = 'proto3';", "PROTOBUF"))
-    with pytest.raises(ValueError, match="schema references"):
+    with pytest.raises(ValueError, match="references other schemas, which were not resolved"):
         cache.add(RegisteredSchema(6, json.dumps(ROW), references=({"name": "x", "subject": "s", "version": 1},)))
 
 
@@ -302,6 +302,32 @@ async def test_the_sample_avro_stream_decodes_to_its_expected_properties(emulato
         else:
             with pytest.raises(RecordError):
                 validators[kind].build_record(*(lambda c: (c.record_id, c.fields))(d.decode(r, kind, "avro")))
+
+
+async def test_schema_references_are_resolved_through_subject_versions(emulator) -> None:
+    async with RegistryClient(SchemaRegistrySettings(url=emulator.url)) as client:
+        await client.register("shop.items.Value", ROW)
+        ref = [{"name": "shop.items.Value", "subject": "shop.items.Value", "version": 1}]
+        env = {
+            **envelope(ROW),
+            "fields": [{**f, "type": ["null", "shop.items.Value"]} for f in envelope(ROW)["fields"][:2]],
+        }
+        env["fields"].append({"name": "op", "type": "string"})
+        sid = await client.register("shop.items-value", env, ref)
+        with pytest.raises(RegistryUnavailable, match="422"):  # a reference to nothing
+            await client.register("x-value", env, [{**ref[0], "version": 9}])
+        assert (await client.schema(sid)).references == tuple(ref)
+        cache = WriterSchemas(client)
+        resolved: list[bool] = []
+        cache.on_resolved = lambda: resolved.append(True)
+        full = {**envelope(ROW)}
+        after = {"ITEM_ID": "r1", "PRICE": 3.5, "CREATION_TIMESTAMP": 1_700_000_000_000}
+        value = wire(sid, full, {"before": None, "after": after, "op": "c"})
+        with pytest.raises(SchemaPending):
+            AvroDecoder(cache).decode(rec(value), ITEMS)
+        await wait_until(lambda: resolved, timeout=10, what="the schema and its reference to be fetched")
+        change = AvroDecoder(cache).decode(rec(value), ITEMS)
+    assert change.record_id == "r1" and change.fields == {"PRICE": 3.5, "CREATION_TIMESTAMP": 1_700_000_000}
 
 
 async def test_local_registry_rest_subset(emulator) -> None:
