@@ -17,10 +17,11 @@ from typing import Any
 import orjson
 
 from ingestor import codec
-from ingestor.avro import AvroDecoder, WriterSchemas, encode
+from ingestor.avro import AvroDecoder, encode
 from ingestor.model import SourceRecord
 from ingestor.registry import RegisteredSchema
 from ingestor.schema import DatasetKind
+from ingestor.schema_cache import WriterSchemas
 
 KIND = DatasetKind.ITEMS
 

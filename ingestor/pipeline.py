@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ingestor.avro import AvroDecoder, SchemaPending, SchemaSource, WriterSchemas
+from ingestor.avro import AvroDecoder
 from ingestor.batcher import DatasetBuffer, Pending
 from ingestor.config import Route, Settings
 from ingestor.deadletter import DeadLetterQueue, Producer
@@ -25,6 +25,7 @@ from ingestor.model import Op, SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
 from ingestor.ratelimit import RateLimiter
 from ingestor.schema import DatasetSchema
+from ingestor.schema_cache import SchemaPending, SchemaSource, WriterSchemas
 from ingestor.sender import RetriesExhausted, Sender, Target
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,14 @@ from fastavro import parse_schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestor.avro import AvroDecoder, SchemaPending, WriterSchemas, encode
+from ingestor.avro import AvroDecoder, encode
 from ingestor.config import SchemaRegistrySettings, Settings
 from ingestor.errors import ConfigError, DecodeError, RecordError
 from ingestor.model import Op, SourceRecord
 from ingestor.registry import RegisteredSchema, RegistryClient, RegistryUnavailable, SchemaNotFound
 from ingestor.sample import ITEMS_TOPIC, UNKNOWN_SCHEMA_ID, StreamSpec, generate, register_avro_schemas
 from ingestor.schema import DatasetKind, DatasetSchema
+from ingestor.schema_cache import SchemaPending, WriterSchemas
 from tests.conftest import wait_until
 
 CONFIG = Path(__file__).parents[2] / "config"
