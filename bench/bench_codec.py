@@ -1,4 +1,6 @@
-"""Records/second of ``ingestor.codec.decode`` per input shape, with orjson (used) and stdlib json (for comparison).
+"""Records/second of ``ingestor.codec.decode`` per input shape, with orjson (used) and stdlib json (for comparison),
+then Avro (Confluent wire format, fastavro) next to JSON for the same rows, both through the pipeline's decode entry
+(``AvroDecoder.decode``, writer schemas cached).
 
 Run: ``python bench/bench_codec.py [--records N] [--repeat R]`` (defaults: 200,000 records, best of 3).
 """
@@ -15,8 +17,11 @@ from typing import Any
 import orjson
 
 from ingestor import codec
+from ingestor.avro import AvroDecoder, encode
 from ingestor.model import SourceRecord
+from ingestor.registry import RegisteredSchema
 from ingestor.schema import DatasetKind
+from ingestor.schema_cache import WriterSchemas
 
 KIND = DatasetKind.ITEMS
 
@@ -91,6 +96,99 @@ def _rate(records: list[SourceRecord], repeat: int) -> float:
     return len(records) / best
 
 
+# ---------------------------------------------------------------------- Avro next to JSON
+
+_COLUMNS: list[dict[str, Any]] = [
+    {"name": "ITEM_ID", "type": "string"},
+    {"name": "PRICE", "type": "double"},
+    {"name": "GENRES", "type": "string"},
+    {"name": "TITLE", "type": "string"},
+    {"name": "DESCRIPTION", "type": "string"},
+    {"name": "CREATION_TIMESTAMP", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "IN_STOCK", "type": "boolean"},
+    {"name": "BRAND", "type": ["null", "string"], "default": None},
+    {"name": "RATING", "type": "double"},
+    {"name": "COLOR", "type": "string"},
+]
+_ROW_SCHEMA = {"type": "record", "name": "Value", "namespace": "shop.items", "fields": _COLUMNS}
+_ENVELOPE = {
+    "type": "record",
+    "name": "Envelope",
+    "namespace": "shop.items",
+    "fields": [
+        {"name": "before", "type": ["null", _ROW_SCHEMA], "default": None},
+        {"name": "after", "type": ["null", "Value"], "default": None},
+        {
+            "name": "source",
+            "type": {
+                "type": "record",
+                "name": "Source",
+                "fields": [
+                    {"name": "connector", "type": "string"},
+                    {"name": "db", "type": "string"},
+                    {"name": "table", "type": "string"},
+                    {"name": "lsn", "type": "long"},
+                ],
+            },
+        },
+        {"name": "op", "type": "string"},
+        {"name": "ts_ms", "type": "long"},
+    ],
+}
+_KEY_SCHEMA = {"type": "record", "name": "Key", "fields": [{"name": "ITEM_ID", "type": "string"}]}
+
+
+def _avro_row(i: int) -> dict[str, Any]:
+    return {**_row(i), "CREATION_TIMESTAMP": (1_700_000_000 + i) * 1000}
+
+
+def _avro_pairs() -> dict[str, tuple[Callable[[int], tuple[bytes | None, bytes | None]], AvroDecoder]]:
+    from fastavro import parse_schema
+
+    cache = WriterSchemas(None)
+    for sid, schema in ((1, _ROW_SCHEMA), (2, _ENVELOPE), (3, _KEY_SCHEMA)):
+        cache.add(RegisteredSchema(sid, json.dumps(schema)))
+    row, env, key = (parse_schema(json.loads(json.dumps(x))) for x in (_ROW_SCHEMA, _ENVELOPE, _KEY_SCHEMA))
+    dec = AvroDecoder(cache)
+    return {
+        "flat": (lambda i: (f"item-{i}".encode(), encode(1, row, _avro_row(i))), dec),
+        "debezium": (
+            lambda i: (
+                encode(3, key, {"ITEM_ID": f"item-{i}"}),
+                encode(2, env, {**_debezium(i, False), "after": _avro_row(i)}),
+            ),
+            dec,
+        ),
+    }
+
+
+def _rates_interleaved(dec: AvroDecoder, runs: list[tuple[list[SourceRecord], str]], repeat: int) -> list[float]:
+    """Best records/s of each run, the runs interleaved in every repeat (a shared CPU's noise hits them alike)."""
+    decode = dec.decode
+    best = [float("inf")] * len(runs)
+    for _ in range(repeat):
+        for i, (records, fmt) in enumerate(runs):
+            start = time.perf_counter()
+            for rec in records:
+                decode(rec, KIND, fmt)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [len(records) / t for (records, _), t in zip(runs, best, strict=True)]
+
+
+def _avro_table(n: int, repeat: int) -> None:
+    print(f"\nAvro (fastavro, writer schema cached) next to JSON (orjson), same rows, {n:,} records, best of {repeat}")
+    print(f"{'shape':<28}{'json B':>7}{'avro B':>7}{'json/s':>12}{'avro/s':>12}{'avro/json':>11}")
+    for shape, (make_avro, dec) in _avro_pairs().items():
+        json_records = [SourceRecord("bench.items", 0, i, *SHAPES[shape](i)) for i in range(n)]
+        avro_records = [SourceRecord("bench.items", 0, i, *make_avro(i)) for i in range(n)]
+        json_rate, avro_rate = _rates_interleaved(dec, [(json_records, "auto"), (avro_records, "avro")], repeat)
+        sizes = len(json_records[0].value or b""), len(avro_records[0].value or b"")
+        print(
+            f"{shape:<28}{sizes[0]:>7}{sizes[1]:>7}{json_rate:>12,.0f}{avro_rate:>12,.0f}"
+            f"{avro_rate / json_rate:>10.2f}x"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=200_000)
@@ -107,6 +205,7 @@ def main() -> None:
             with _parser(loads):
                 rates.append(_rate(records, args.repeat))
         print(f"{shape:<28}{size:>7}" + "".join(f"{r:>12,.0f}" for r in rates) + f"{rates[0] / rates[1]:>9.2f}x")
+    _avro_table(args.records, args.repeat)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ class Service:
             return f"the Kafka broker did not answer a metadata request in the last {BROKER_STALE_S:.0f}s"
         if self.pipeline.stalled:
             return f"retry budget spent: {self.pipeline.stalled}"
+        if self.pipeline.registry_problem:
+            return f"records wait for the schema registry: {self.pipeline.registry_problem}"
         return None
 
     def live(self) -> str | None:
@@ -318,6 +320,15 @@ def describe(settings: Settings) -> str:
         f"Personalize {p.endpoint_url or 'AWS ' + p.region}, {p.max_in_flight} calls in flight, "
         f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
     ]
+    if (reg := settings.schema_registry) is not None:
+        auth = (
+            "basic auth"
+            if reg.basic_auth_user
+            else "bearer token"
+            if reg.bearer_token or reg.bearer_token_file
+            else "no auth"
+        )
+        lines.append(f"Schema Registry {reg.url} ({auth}, timeout {reg.request_timeout_s:g}s, cache {reg.cache_size})")
     for r in settings.routes:
         fields = ", ".join(f.name for f in r.load_schema().fields)
         lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields})")

@@ -144,7 +144,7 @@ class Route(_Frozen):
     kind: Literal["items", "users"]
     dataset_arn: str
     schema_path: Path = Field(alias="schema")
-    format: Literal["auto", "api", "flat", "debezium"] = "auto"
+    format: Literal["auto", "api", "flat", "debezium", "avro"] = "auto"
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -205,6 +205,54 @@ class ShutdownSettings(_Frozen):
     drain_budget_s: float = Field(20.0, gt=0, description="time to finish in-flight work on SIGTERM or revocation")
 
 
+class SchemaRegistrySettings(_Frozen):
+    """A Confluent-compatible Schema Registry: writer schemas of Avro records (``format: avro`` or magic byte 0)."""
+
+    url: str = Field(min_length=1, description="e.g. http://registry:8081 (a path prefix is kept)")
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    basic_auth_password_file: Path | None = Field(None, description="a mounted secret holding the password")
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = Field(None, description="a mounted secret holding the token (read per request)")
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_verify: bool = Field(True, description="verify the registry's TLS certificate and host name")
+    request_timeout_s: float = Field(10.0, gt=0)
+    cache_size: int = Field(1000, ge=1, description="writer schemas kept in memory (least recently used go first)")
+    retry_base_delay_s: float = Field(0.5, gt=0, description="first back-off after a failed fetch")
+    retry_max_delay_s: float = Field(30.0, gt=0, description="longest back-off between fetches while it is down")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SchemaRegistrySettings:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        if "@" in self.url.split("/")[2]:
+            raise ValueError("url must not hold credentials: set basic_auth_user and basic_auth_password(_file)")
+        basic = self.basic_auth_password is not None or self.basic_auth_password_file is not None
+        if basic and not self.basic_auth_user:
+            raise ValueError("basic_auth_password(_file) needs basic_auth_user")
+        if self.basic_auth_user and not basic:
+            raise ValueError(
+                "basic_auth_user needs basic_auth_password (INGESTOR_SCHEMA_REGISTRY__BASIC_AUTH_PASSWORD) "
+                "or basic_auth_password_file"
+            )
+        bearer = self.bearer_token is not None or self.bearer_token_file is not None
+        if bearer and self.basic_auth_user:
+            raise ValueError("use either basic auth or a bearer token, not both")
+        if self.basic_auth_password is not None and self.basic_auth_password_file is not None:
+            raise ValueError("set basic_auth_password or basic_auth_password_file, not both")
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            raise ValueError("set bearer_token or bearer_token_file, not both")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate authentication)")
+        for name in ("basic_auth_password_file", "bearer_token_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix="INGESTOR_", env_nested_delimiter="__", case_sensitive=False
@@ -217,6 +265,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    schema_registry: SchemaRegistrySettings | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -242,6 +291,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"kafka.rebalance_timeout_ms ({self.kafka.rebalance_timeout_ms}) must cover the revocation drain: "
                 f"shutdown.drain_budget_s + kafka.commit_timeout_s = {needed_ms:.0f} ms; raise it or lower those"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _registry_for_avro(self) -> Settings:
+        avro = [r.topic for r in self.routes if r.format == "avro"]
+        if avro and self.schema_registry is None:
+            raise ValueError(
+                f"routes {avro} have format avro, which needs a schema_registry section with its url "
+                "(or INGESTOR_SCHEMA_REGISTRY__URL)"
             )
         return self
 
@@ -284,6 +343,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             value = security.get(name)
             if isinstance(value, str) and not Path(value).is_absolute():
                 security[name] = str(base / value)
+    registry = data.get("schema_registry")
+    if isinstance(registry, dict):
+        for name in ("basic_auth_password_file", "bearer_token_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = registry.get(name)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                registry[name] = str(base / value)
     routes = data.get("routes")
     if isinstance(routes, list):
         data["routes"] = [

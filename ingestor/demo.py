@@ -40,7 +40,7 @@ from ingestor.kafka_tools import create_topics, read_topic
 from ingestor.logs import configure_logging
 from ingestor.model import TopicPartition
 from ingestor.progress import Display, Snapshot, gauge_value, metric_sum
-from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Event, Expectation, StreamSpec, generate
+from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Event, Expectation, StreamSpec, generate, register_avro_schemas
 
 ITEM_IDS, USER_IDS = 500, 200
 PARTITIONS = {ITEMS_TOPIC: 3, USERS_TOPIC: 2}
@@ -64,6 +64,7 @@ class Options:
     keep_running: bool = False
     metrics_port: int = 9108
     verbose: bool = False
+    format: str = "json"  # json | avro (Confluent wire format, schemas in the local endpoint's registry)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -78,6 +79,7 @@ class Options:
             keep_running=args.keep_running,
             metrics_port=args.metrics_port,
             verbose=args.verbose,
+            format=args.format,
         )
 
 
@@ -103,6 +105,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--rate", type=rate, default=d.rate, metavar="N", help="records/s, 0 = at once (default: %(default)g)")
     add("--bad-share", type=share, default=d.bad_share, metavar="P", help="share of bad records (default: %(default)g)")
     add("--seed", type=int, default=d.seed, help="seed of the stream and the faults (default: %(default)s)")
+    add("--format", choices=("json", "avro"), default=d.format,
+        help="json: JSON values in mixed shapes; avro: Avro in the Confluent wire format (plain rows of two schema "
+             "versions and Debezium envelopes), writer schemas in the local endpoint's Schema Registry "
+             "(default: %(default)s)")  # fmt: skip
     endpoint = parser.add_argument_group("the local Personalize endpoint")
     add = endpoint.add_argument
     add("--no-quotas", action="store_true", help="a fast run: no quotas, the ingestor paces at 1000 calls/s")
@@ -252,13 +258,10 @@ def _cancel_on_signals(task: asyncio.Task[Any], interruptible: Callable[[], bool
 
 
 async def _demo(options: Options, run: Run) -> int:
-    expect = Expectation()
-    events = list(generate(options.records, _stream_spec(options)))
-    for event in events:
-        expect.add(event)
     async with contextlib.AsyncExitStack() as stack:
         try:
             parts = await _start(options, stack)
+            events, expect = await _stream(parts)
             _print_intro(parts, expect)
             producer = asyncio.create_task(_produce(parts, events), name="demo producer")
             stack.push_async_callback(_cancel, producer)
@@ -276,6 +279,18 @@ async def _demo(options: Options, run: Run) -> int:
 
 def _stream_spec(options: Options) -> StreamSpec:
     return StreamSpec(items=ITEM_IDS, users=USER_IDS, bad_share=options.bad_share, seed=options.seed)
+
+
+async def _stream(parts: Parts) -> tuple[list[Event], Expectation]:
+    """The events to produce (Avro: their writer schemas registered first) and what they must lead to."""
+    spec = _stream_spec(parts.options)
+    if parts.options.format == "avro":
+        spec.avro = await register_avro_schemas(parts.emulator.url)
+    events = list(generate(parts.options.records, spec))
+    expect = Expectation()
+    for event in events:
+        expect.add(event)
+    return events, expect
 
 
 async def _start(options: Options, stack: contextlib.AsyncExitStack) -> Parts:
@@ -366,7 +381,16 @@ def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str)
         },
         metrics={"host": "127.0.0.1", "port": options.metrics_port},
         shutdown={"drain_budget_s": DRAIN_BUDGET_S},
+        **_avro_settings(options, base, endpoint),
     )
+
+
+def _avro_settings(options: Options, base: Settings, endpoint: str) -> dict[str, Any]:
+    """With --format avro: every route reads Avro, writer schemas from the local endpoint's Schema Registry."""
+    if options.format != "avro":
+        return {}
+    routes = [{**r.model_dump(by_alias=True), "format": "avro"} for r in base.routes]
+    return {"routes": routes, "schema_registry": {"url": endpoint}}
 
 
 async def _produce(parts: Parts, events: Sequence[Event]) -> None:
@@ -586,8 +610,14 @@ def _print_intro(parts: Parts, expect: Expectation) -> None:
     else:
         quotas = "quotas OFF (--no-quotas)"
     chaos = f"; chaos: {o.fault_rate:g} 5xx, {o.throttle_rate:g} throttled" if o.fault_rate or o.throttle_rate else ""
-    print(f"ingestor demo: {o.records} records ({len(expect.invalid)} bad) on {ids} ids at {rate}; {quotas}{chaos}")
-    print(f"  broker {parts.broker.bootstrap_servers}   Personalize endpoint {parts.emulator.url}", flush=True)
+    fmt = "; Avro values (Confluent wire format)" if o.format == "avro" else ""
+    print(
+        f"ingestor demo: {o.records} records ({len(expect.invalid)} bad) on {ids} ids at {rate}; {quotas}{chaos}{fmt}"
+    )
+    registry = f" (+ Schema Registry at {parts.emulator.url})" if o.format == "avro" else ""
+    print(
+        f"  broker {parts.broker.bootstrap_servers}   Personalize endpoint {parts.emulator.url}{registry}", flush=True
+    )
 
 
 def _print_summary(parts: Parts, expect: Expectation, proof: Proof) -> None:

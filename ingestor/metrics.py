@@ -89,6 +89,17 @@ class Metrics:
             ["api"],
             registry=r,
         )
+        self.registry_requests = Counter(
+            "ingestor_schema_registry_requests_total",
+            "Writer schema fetches from the Schema Registry by outcome (ok, not_found, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.waiting_for_schema = Gauge(
+            "ingestor_records_waiting_for_schema",
+            "Records held (in order, per partition) until their writer schema is fetched from the registry.",
+            registry=r,
+        )
         self.ready = Gauge(
             "ingestor_ready", "1 when the service is ready (joined, broker reachable, no fatal error).", registry=r
         )

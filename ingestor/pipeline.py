@@ -14,16 +14,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ingestor.avro import AvroDecoder
 from ingestor.batcher import DatasetBuffer, Pending
-from ingestor.codec import decode
 from ingestor.config import Route, Settings
 from ingestor.deadletter import DeadLetterQueue, Producer
 from ingestor.errors import DeliveryError, FatalRouteError, RecordError
+from ingestor.hold import HeldRecords
 from ingestor.metrics import Metrics
 from ingestor.model import Op, SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
 from ingestor.ratelimit import RateLimiter
 from ingestor.schema import DatasetSchema
+from ingestor.schema_cache import SchemaPending, SchemaSource, WriterSchemas
 from ingestor.sender import RetriesExhausted, Sender, Target
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Pipeline:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        registry: SchemaSource | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -98,6 +101,23 @@ class Pipeline:
         self._flushing = False  # draining: send what is ready without waiting for linger
         self.failure: BaseException | None = None  # a bug: the service must stop loudly
         self.on_failure: Callable[[], None] = lambda: None
+        self._registry_owned = None
+        reg = settings.schema_registry
+        if registry is None and reg is not None:
+            from ingestor.registry import RegistryClient
+
+            registry = self._registry_owned = RegistryClient(reg)
+        self.schemas = WriterSchemas(
+            registry,
+            max_size=reg.cache_size if reg else 1000,
+            base_delay_s=reg.retry_base_delay_s if reg else 0.5,
+            max_delay_s=reg.retry_max_delay_s if reg else 30.0,
+            metrics=metrics,
+            clock=clock,
+        )
+        self.schemas.on_resolved = self._release_held
+        self._decode = AvroDecoder(self.schemas).decode
+        self.held = HeldRecords()  # records waiting for a writer schema, in order per partition
 
     @property
     def topics(self) -> list[str]:
@@ -108,47 +128,71 @@ class Pipeline:
         return next((ds.stalled for ds in self.datasets if ds.stalled is not None), None)
 
     @property
+    def registry_problem(self) -> str | None:
+        """Why records wait for the schema registry (None when none wait, or it answers)."""
+        return self.schemas.failing if self.held.count else None
+
+    @property
     def fatal(self) -> FatalRouteError | None:
         return next((ds.fatal for ds in self.datasets if ds.fatal is not None), None)
 
     # ------------------------------------------------------------------ intake (hot path)
 
     def ingest(self, rec: SourceRecord) -> None:
-        topic = self._topics[rec.topic]
         epoch = self.tracker.track(rec.tp, rec.offset)
+        if self.held.holds(rec.tp) or not self._process(rec, epoch):  # behind, or waiting for, a writer schema
+            self.held.hold(rec, epoch)
+            self.metrics.waiting_for_schema.set(self.held.count)
+
+    def _release_held(self) -> None:
+        try:
+            if self.held.count and self.held.release(self._process):
+                self.metrics.waiting_for_schema.set(self.held.count)
+        except Exception as exc:  # a bug: stop loudly, as for the pipeline's own tasks
+            log.error("releasing records held for a schema failed: %r", exc, exc_info=exc)
+            if self.failure is None:
+                self.failure = exc
+                self.on_failure()
+
+    def _process(self, rec: SourceRecord, epoch: int) -> bool:
+        """Decode → validate → buffer (or DLQ). False when the record must wait for its writer schema."""
+        topic = self._topics[rec.topic]
         arn = topic.dataset.target.dataset_arn
         try:
-            change = decode(rec, topic.schema.kind, topic.route.format)
+            change = self._decode(rec, topic.schema.kind, topic.route.format)
+        except SchemaPending:
+            return False
         except RecordError as exc:
             self._dead_letter(rec, epoch, exc.stage, str(exc), type(exc).__name__, arn)
-            return
+            return True
         except Exception as exc:  # a poison record must never block: DLQ it, loudly
             log.exception("unexpected error decoding %s", rec.where)
             self._dead_letter(
                 rec, epoch, "decode", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn
             )
-            return
+            return True
         if change.op is Op.DELETE:
             # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
             log.debug("skipping delete/tombstone %s (id %s)", rec.where, change.record_id)
             self.tracker.done(rec.tp, rec.offset, epoch)
-            return
+            return True
         try:
             request = topic.schema.build_record(change.record_id, change.fields)
         except RecordError as exc:
             self._dead_letter(rec, epoch, exc.stage, f"{rec.where}: {exc}", type(exc).__name__, arn)
-            return
+            return True
         except Exception as exc:
             log.exception("unexpected error validating %s", rec.where)
             reason = f"{rec.where}: {type(exc).__name__}: {exc}"
             self._dead_letter(rec, epoch, "validate", reason, type(exc).__name__, arn)
-            return
+            return True
         ds = topic.dataset
         assert change.record_id is not None  # build_record checked it
         if ds.buffer.add(Pending(rec, change.record_id, request, epoch=epoch), self._clock()):
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
+        return True
 
     def _dead_letter(
         self, rec: SourceRecord, epoch: int, stage: str, reason: str, error_class: str, arn: str | None
@@ -275,6 +319,8 @@ class Pipeline:
             healthy_idle = all(ds.buffer.buffered == 0 for ds in self.datasets if ds.fatal is None)
             if self.fatal is not None and healthy_idle and self.dlq.pending == 0:
                 break  # only the fatal route's records are left: they will never be done
+            if self.held.count == self.tracker.pending_total and self.schemas.failing is not None:
+                break  # only records waiting for an unavailable schema registry are left
             await asyncio.sleep(0.02)
         self._flushing = False
         return self.tracker.pending_total == 0
@@ -287,6 +333,8 @@ class Pipeline:
         try:
             for ds in self.datasets:
                 ds.buffer.drop_partitions(gone)
+            if self.held.drop(gone):
+                self.metrics.waiting_for_schema.set(self.held.count)
             if self._calls:
                 _, late = await asyncio.wait(set(self._calls), timeout=max(0.0, deadline - self._clock()))
                 for task in late:
@@ -308,3 +356,6 @@ class Pipeline:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._dispatchers.clear()
         await self.dlq.aclose()
+        await self.schemas.aclose()
+        if self._registry_owned is not None:
+            await self._registry_owned.close()

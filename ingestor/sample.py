@@ -3,6 +3,10 @@
 Every generated event knows whether it is valid, so a run can be checked from the outside: the endpoint's final
 state must equal the last valid event per id, and the dead-letter topic must hold exactly the invalid ones.
 Shapes are mixed (API-shaped, flat column names, Debezium envelopes); a few ids are hot (updated very often).
+With ``StreamSpec.avro`` (see ``register_avro_schemas``) the values are Avro in the Confluent wire format instead:
+plain rows of two schema versions (v2 adds an optional column), and Debezium envelopes with Avro keys, decimals and
+timestamps in microseconds; the bad ones are garbage after the magic byte, an unknown schema id, an extra column
+and a missing required one.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ingestor.schema import camel_case
@@ -42,6 +47,7 @@ class StreamSpec:
     hot_share: float = 0.3  # share of events that hit one of the few hot ids
     bad_share: float = 0.03
     seed: int = 7
+    avro: AvroSchemas | None = None  # set: every value is Avro (Confluent wire format) with these writer schemas
 
 
 def _item(rng: random.Random, item_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -120,8 +126,17 @@ def generate(count: int, spec: StreamSpec | None = None) -> Iterator[Event]:
             row, expected = _user(rng, record_id)
             id_field, id_key = "USER_ID", "userId"
         if rng.random() < spec.bad_share:
+            if spec.avro is not None:
+                value, problem = _avro_bad(rng, spec.avro, topic, row)
+                key = spec.avro.encode("items-key", {"ITEM_ID": record_id}) if is_item else record_id.encode()
+                yield Event(topic, key, value, record_id, None, problem)
+                continue
             value, problem = _bad(rng, topic, record_id, row)
             yield Event(topic, record_id.encode(), value, record_id, None, problem)
+            continue
+        if spec.avro is not None:
+            key, value, expected = _avro_value(rng, spec.avro, topic, row, expected)
+            yield Event(topic, key, value, record_id, expected)
             continue
         value = json.dumps(_shape(rng, row, id_field, id_key), separators=(",", ":")).encode()
         yield Event(topic, record_id.encode(), value, record_id, expected)
@@ -157,3 +172,167 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(
         a[k] == b[k] or (isinstance(a[k], (int, float)) and abs(float(a[k]) - float(b[k])) < 1e-6) for k in a
     )
+
+
+# ---------------------------------------------------------------------- the same stream in Avro (Confluent wire format)
+
+_NS = "dbserver.shop"
+_TS_MILLIS = {"type": "long", "logicalType": "timestamp-millis"}
+_DEBEZIUM_MICROS = {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroTimestamp"}
+_DECIMAL = {
+    "type": "bytes",
+    "scale": 2,
+    "precision": 10,
+    "connect.version": 1,
+    "connect.parameters": {"scale": "2", "connect.decimal.precision": "10"},
+    "connect.name": "org.apache.kafka.connect.data.Decimal",
+    "logicalType": "decimal",
+}
+
+
+def _opt(name: str, avro_type: Any) -> dict[str, Any]:
+    return {"name": name, "type": ["null", avro_type], "default": None}
+
+
+def _items_row(name: str, *, in_stock: bool, debezium: bool = False, color: bool = False) -> dict[str, Any]:
+    fields: list[dict[str, Any]] = [
+        {"name": "ITEM_ID", "type": "string"},
+        {"name": "PRICE", "type": _DECIMAL if debezium else "double"},
+        _opt("GENRES", "string"),
+        _opt("NUMBER_OF_RATINGS", "int"),
+        _opt("CREATION_TIMESTAMP", _DEBEZIUM_MICROS if debezium else _TS_MILLIS),
+    ]
+    if in_stock:
+        fields.append(_opt("IN_STOCK", "boolean"))  # schema evolution: an optional column added later
+    if color:
+        fields.append(_opt("COLOR", "string"))  # a column the Personalize schema does not have
+    return {"type": "record", "name": name, "namespace": f"{_NS}.items", "fields": fields}
+
+
+def _users_row(name: str, *, color: bool = False) -> dict[str, Any]:
+    fields: list[dict[str, Any]] = [
+        {"name": "USER_ID", "type": "string"},
+        _opt("AGE", "int"),
+        _opt("MEMBERSHIP", "string"),  # nullable in the database, required by Personalize
+        _opt("GENDER", "string"),
+    ]
+    if color:
+        fields.append(_opt("COLOR", "string"))
+    return {"type": "record", "name": name, "namespace": f"{_NS}.users", "fields": fields}
+
+
+def _envelope(row: dict[str, Any]) -> dict[str, Any]:
+    """A Debezium change event (io.debezium.connector.postgresql), as the Avro converter writes it."""
+    source = {
+        "type": "record",
+        "name": "Source",
+        "namespace": "io.debezium.connector.postgresql",
+        "fields": [
+            {"name": "connector", "type": "string"},
+            {"name": "db", "type": "string"},
+            {"name": "table", "type": "string"},
+            {"name": "lsn", "type": ["null", "long"], "default": None},
+        ],
+    }
+    return {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": row["namespace"],
+        "fields": [
+            {"name": "before", "type": ["null", row], "default": None},
+            {"name": "after", "type": ["null", "Value"], "default": None},
+            {"name": "source", "type": source},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": None},
+        ],
+        "connect.name": f"{row['namespace']}.Envelope",
+    }
+
+
+_KEY = {"type": "record", "name": "Key", "namespace": f"{_NS}.items", "fields": [{"name": "ITEM_ID", "type": "string"}]}
+
+# name → (topic, key or value, writer schema); subjects are "<topic>-value" / "<topic>-key" (TopicNameStrategy)
+AVRO_WRITER_SCHEMAS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "items-v1": (ITEMS_TOPIC, "value", _items_row("Value", in_stock=False)),
+    "items-v2": (ITEMS_TOPIC, "value", _items_row("Value", in_stock=True)),
+    "items-debezium": (ITEMS_TOPIC, "value", _envelope(_items_row("Value", in_stock=True, debezium=True))),
+    "items-color": (ITEMS_TOPIC, "value", _items_row("Value", in_stock=True, color=True)),
+    "items-key": (ITEMS_TOPIC, "key", _KEY),
+    "users": (USERS_TOPIC, "value", _users_row("Value")),
+    "users-debezium": (USERS_TOPIC, "value", _envelope(_users_row("Value"))),
+    "users-color": (USERS_TOPIC, "value", _users_row("Value", color=True)),
+}
+UNKNOWN_SCHEMA_ID = 999_999
+
+
+@dataclass(frozen=True)
+class AvroSchemas:
+    """The registered writer schemas: name → (schema id, parsed schema)."""
+
+    by_name: dict[str, tuple[int, Any]]
+
+    def encode(self, name: str, datum: Any) -> bytes:
+        from ingestor.avro import encode
+
+        sid, parsed = self.by_name[name]
+        return encode(sid, parsed, datum)
+
+
+async def register_avro_schemas(registry_url: str) -> AvroSchemas:
+    """Register the sample's writer schemas (idempotent) with the registry at ``registry_url``."""
+    from fastavro import parse_schema
+
+    from ingestor.config import SchemaRegistrySettings
+    from ingestor.registry import RegistryClient
+
+    out: dict[str, tuple[int, Any]] = {}
+    async with RegistryClient(SchemaRegistrySettings(url=registry_url)) as client:
+        for name, (topic, part, schema) in AVRO_WRITER_SCHEMAS.items():
+            sid = await client.register(f"{topic}-{part}", json.dumps(schema))
+            out[name] = (sid, parse_schema(json.loads(json.dumps(schema))))
+    return AvroSchemas(out)
+
+
+def _avro_value(
+    rng: random.Random, avro: AvroSchemas, topic: str, row: dict[str, Any], expected: dict[str, Any]
+) -> tuple[bytes, bytes, dict[str, Any]]:
+    """(key, value, expected) of a valid Avro event; ``expected`` adjusted to what the writer schema carries."""
+    roll = rng.random()
+    if topic == ITEMS_TOPIC:
+        key = avro.encode("items-key", {"ITEM_ID": row["ITEM_ID"]})  # one key format per topic: one partition per id
+        created = row["CREATION_TIMESTAMP"]
+        row = {**row, "CREATION_TIMESTAMP": created * 1000 + rng.randrange(1000)}  # millis; expected: seconds
+        if roll < 0.6:
+            name = "items-v1" if roll < 0.3 else "items-v2"
+            if name == "items-v1":
+                row.pop("IN_STOCK", None)
+                expected = {k: v for k, v in expected.items() if k != "inStock"}
+            return key, avro.encode(name, row), expected
+        row["CREATION_TIMESTAMP"] = created * 1_000_000 + rng.randrange(1_000_000)  # Debezium MicroTimestamp
+        row["PRICE"] = Decimal(f"{row['PRICE']:.2f}")
+        env = {"before": None, "after": row, "source": _SOURCE, "op": rng.choice("cur"), "ts_ms": 1_700_000_000_000}
+        return key, avro.encode("items-debezium", env), expected
+    key = row["USER_ID"].encode()
+    if roll < 0.5:
+        return key, avro.encode("users", row), expected
+    env = {"before": None, "after": row, "source": _SOURCE, "op": rng.choice("cur"), "ts_ms": 1_700_000_000_000}
+    return key, avro.encode("users-debezium", env), expected
+
+
+_SOURCE = {"connector": "postgresql", "db": "shop", "table": "t", "lsn": 1}
+
+
+def _avro_bad(rng: random.Random, avro: AvroSchemas, topic: str, row: dict[str, Any]) -> tuple[bytes, str]:
+    kind = rng.randrange(4)
+    items = topic == ITEMS_TOPIC
+    plain = "items-v2" if items else "users"
+    if kind == 0:
+        sid = avro.by_name[plain][0]
+        return bytes([0]) + sid.to_bytes(4, "big") + b"\x07garbage!", "not Avro after the magic byte"
+    if kind == 1:
+        return avro.encode(plain, row)[:1] + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + b"\x02x", "unknown schema id"
+    if kind == 2:
+        good = {**row, "CREATION_TIMESTAMP": row["CREATION_TIMESTAMP"] * 1000} if items else row
+        return avro.encode("items-color" if items else "users-color", {**good, "COLOR": "red"}), "unknown COLOR"
+    missing = "CREATION_TIMESTAMP" if items else "MEMBERSHIP"
+    return avro.encode(plain, {**row, missing: None}), f"{missing} missing"

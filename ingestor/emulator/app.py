@@ -6,6 +6,8 @@
   implemented yet; add handlers to ``CONTROL_PLANE`` and they are dispatched.
 * ``GET /_emulator/state``, ``GET /_emulator/stats``, ``POST /_emulator/reset``, ``GET|POST /_emulator/config``:
   unauthenticated inspection and run-time configuration for tests, demos and people.
+* ``/schemas/...``, ``/subjects/...``: a local Schema Registry (``schema_registry.url`` = the emulator's URL) and
+  ``GET|POST /_emulator/registry`` to start and end an emulated registry outage (see ``registry.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +27,7 @@ from ingestor.emulator.client import EmulatorClient
 from ingestor.emulator.config import Api, EmulatorConfig
 from ingestor.emulator.errors import ApiError, invalid_input, unknown_operation
 from ingestor.emulator.quotas import Clock
+from ingestor.emulator.registry import SchemaRegistry, add_routes
 from ingestor.emulator.service import EmulatorService, check_signature
 from ingestor.errors import ConfigError
 
@@ -40,7 +43,7 @@ ControlPlaneHandler = Callable[[EmulatorService, dict[str, Any]], Awaitable[dict
 CONTROL_PLANE: dict[str, ControlPlaneHandler] = {}
 
 
-def create_app(service: EmulatorService) -> web.Application:
+def create_app(service: EmulatorService, registry: SchemaRegistry | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes(
@@ -56,6 +59,7 @@ def create_app(service: EmulatorService) -> web.Application:
             web.post("/_emulator/config", _set_config),
         ]
     )
+    add_routes(app, registry or SchemaRegistry())  # the Schema Registry subset, same port (see emulator/registry.py)
     return app
 
 
@@ -149,6 +153,7 @@ class RunningEmulator:
     port: int
     service: EmulatorService
     client: EmulatorClient
+    registry: SchemaRegistry = field(default_factory=SchemaRegistry)  # its URL is ``url`` too
 
 
 @asynccontextmanager
@@ -162,8 +167,12 @@ async def running_emulator(
 ) -> AsyncIterator[RunningEmulator]:
     """Serve the emulator on the current event loop until the block exits (port 0: any free port)."""
     service = EmulatorService(config, clock=clock)
+    registry = SchemaRegistry()
     runner = web.AppRunner(
-        create_app(service), access_log=log if access_log else None, handle_signals=False, shutdown_timeout=2.0
+        create_app(service, registry),
+        access_log=log if access_log else None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
     )
     await runner.setup()
     try:
@@ -172,7 +181,7 @@ async def running_emulator(
         bound_port = int(runner.addresses[0][1])
         url = f"http://{_url_host(host)}:{bound_port}"
         async with EmulatorClient(url) as client:
-            yield RunningEmulator(url, host, bound_port, service, client)
+            yield RunningEmulator(url, host, bound_port, service, client, registry)
     finally:
         await runner.cleanup()
 

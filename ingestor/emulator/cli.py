@@ -24,7 +24,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "A local Amazon Personalize Events endpoint (PutItems, PutUsers, PutEvents) for development, tests and "
         "demos. Point any AWS SDK at it with endpoint_url=http://HOST:PORT and any credentials. Inspect it at "
         "GET /_emulator/state and /_emulator/stats; POST /_emulator/reset clears it; POST /_emulator/config "
-        "changes quotas and faults while it runs."
+        "changes quotas and faults while it runs. The same URL serves a Schema Registry subset for Avro streams "
+        "(GET /schemas/ids/{id}, GET /subjects[/{s}/versions[/{v}]], POST /subjects/{s}/versions; use it as "
+        'schema_registry.url); POST /_emulator/registry {"down": true} emulates a registry outage.'
     )
     default = default_config_path()
     parser.add_argument(
@@ -104,6 +106,7 @@ async def _serve(config: EmulatorConfig, host: str, port: int, access_log: bool)
         async with running_emulator(config, host, port, access_log=access_log) as emulator:
             datasets = ", ".join(f"{d.kind.value}={d.arn}" for d in config.datasets)
             log.info("Personalize Events emulator listening on %s (%s)", emulator.url, datasets)
+            log.info("Schema Registry (Confluent REST subset) at %s", emulator.url)
             await stop.wait()
             log.info("stopping")
     finally:

@@ -42,6 +42,16 @@ async def test_chaos_is_retried_and_the_proof_still_holds(capsys: pytest.Capture
     assert "ALL CHECKS PASSED" in out
 
 
+async def test_an_avro_run_through_the_local_schema_registry_proves_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    options = Options(records=600, rate=0, quotas=False, bad_share=0.05, metrics_port=0, format="avro")
+    code = await asyncio.wait_for(run_demo(options), 60)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Avro values (Confluent wire format)" in out and "Schema Registry at http://" in out
+    assert "ALL CHECKS PASSED" in out
+    assert re.search(r"dead-letter +\d+ records by stage: decode \d+, validate \d+", out), out
+
+
 async def test_an_outcome_other_than_expected_fails_the_proof(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -71,7 +81,7 @@ def test_help_documents_every_option() -> None:
     assert result.returncode == 0, result.stderr
     for option in (
         "--records", "--rate", "--bad-share", "--seed", "--no-quotas", "--fault-rate", "--throttle-rate",
-        "--keep-running", "--metrics-port", "--verbose",
+        "--keep-running", "--metrics-port", "--verbose", "--format",
     ):  # fmt: skip
         assert option in result.stdout
     assert "Exit status" in result.stdout

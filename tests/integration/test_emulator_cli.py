@@ -30,6 +30,12 @@ async def test_serves_until_a_signal_then_exits_0(sig: signal.Signals) -> None:
                 assert line, "the emulator exited before listening"
         async with EmulatorClient(match[1].decode()) as client:
             assert (await client.stats())["total_calls"] == 0
+        from ingestor.config import SchemaRegistrySettings
+        from ingestor.registry import RegistryClient
+
+        async with RegistryClient(SchemaRegistrySettings(url=match[1].decode())) as registry:  # same URL
+            sid = await registry.register("t-value", '"string"')
+            assert (await registry.schema(sid)).text == '"string"'
         proc.send_signal(sig)
         async with asyncio.timeout(30):
             _, rest = await proc.communicate()
