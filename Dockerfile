@@ -47,9 +47,10 @@ RUN groupadd --system --gid 10001 ingestor \
         --shell /usr/sbin/nologin ingestor
 
 COPY --from=builder /opt/venv /opt/venv
-# Default configuration; Kubernetes mounts its own config.yaml over the file (schemas stay from the image).
-COPY config/ingestor.yaml /etc/ingestor/config.yaml
-COPY config/schemas /etc/ingestor/schemas
+# Default configuration: the example shipped in the package (ingestor/examples/, the same files as config/).
+# Kubernetes mounts its own config.yaml over the file (schemas stay from the image).
+COPY ingestor/examples/ingestor.yaml /etc/ingestor/config.yaml
+COPY ingestor/examples/schemas /etc/ingestor/schemas
 
 ENV PATH="/opt/venv/bin:${PATH}" \
     VIRTUAL_ENV=/opt/venv \

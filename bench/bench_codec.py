@@ -48,7 +48,7 @@ def _api(i: int, as_string: bool) -> dict[str, Any]:
     return {"itemId": rid, "properties": json.dumps(props) if as_string else props}
 
 
-def _debezium(i: int, wrapped: bool) -> dict[str, Any]:
+def _debezium(i: int, wrapped: str = "") -> dict[str, Any]:
     env = {
         "before": None,
         "after": _row(i),
@@ -56,15 +56,20 @@ def _debezium(i: int, wrapped: bool) -> dict[str, Any]:
         "source": {"connector": "postgresql", "db": "shop", "table": "items", "lsn": 123456 + i},
         "ts_ms": 1_700_000_000_000 + i,
     }
-    return {"schema": {"type": "struct", "fields": []}, "payload": env} if wrapped else env
+    if wrapped == "schema":
+        return {"schema": {"type": "struct", "fields": []}, "payload": env}
+    if wrapped == "payload":
+        return {"payload": env}
+    return env
 
 
 SHAPES: dict[str, Callable[[int], tuple[bytes | None, bytes | None]]] = {
     "flat": lambda i: (f"item-{i}".encode(), json.dumps(_row(i)).encode()),
     "api (properties object)": lambda i: (None, json.dumps(_api(i, False)).encode()),
     "api (properties string)": lambda i: (None, json.dumps(_api(i, True)).encode()),
-    "debezium": lambda i: (json.dumps({"ITEM_ID": f"item-{i}"}).encode(), json.dumps(_debezium(i, False)).encode()),
-    "debezium (schema wrapper)": lambda i: (None, json.dumps(_debezium(i, True)).encode()),
+    "debezium": lambda i: (json.dumps({"ITEM_ID": f"item-{i}"}).encode(), json.dumps(_debezium(i)).encode()),
+    "debezium (schema wrapper)": lambda i: (None, json.dumps(_debezium(i, "schema")).encode()),
+    "debezium (payload only)": lambda i: (None, json.dumps(_debezium(i, "payload")).encode()),
     "flat, id from JSON key": lambda i: (
         json.dumps({"ITEM_ID": i}).encode(),
         json.dumps({k: v for k, v in _row(i).items() if k != "ITEM_ID"}).encode(),

@@ -54,6 +54,8 @@ def values(n: int, ids: int, shape: str) -> list[bytes]:
             row = {"itemId": rid, "properties": {k.lower(): v for k, v in row.items() if k != "ITEM_ID"}}
         elif shape == "debezium":
             row = {"payload": {"before": None, "after": row, "op": "u"}, "schema": {}}
+        elif shape == "debezium, payload only":
+            row = {"payload": {"before": None, "after": row, "op": "u"}}
         out.append(json.dumps(row).encode())
     return out
 
@@ -89,6 +91,7 @@ async def main(n: int) -> None:
         ("flat", 1000, "flat, 1,000 hot ids (coalescing)"),
         ("api", n, "API-shaped"),
         ("debezium", n, "Debezium envelope"),
+        ("debezium, payload only", n, "Debezium envelope, payload only"),
     ]:
         print(f"{label:<36}{await run(n, ids, shape):>12,.0f}")
 

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ingestor.demo", "embedded broker + local Personalize endpoint + a sample stream, with live progress"),
     "emulator": ("ingestor.emulator.cli", "a local Personalize Events endpoint for development, tests and demos"),
     "dlq": ("ingestor.dlq_replay", "dead-letter topic tools: replay records after fixing their cause"),
+    "init": ("ingestor.scaffold", "write an example configuration and schemas to edit (default folder: config)"),
 }
 
 

@@ -11,12 +11,16 @@ Value shapes (``fmt="auto"`` detects them per record; a forced format rejects an
   (a flat row); ``d`` deletes the id of the ``before`` row (or of the key). Detected by ``op`` with ``before`` or
   ``after``.
 
-A Kafka Connect ``{"schema": ..., "payload": ...}`` wrapper (exactly those two keys) is removed first, in any format;
-a null payload counts as a tombstone. A tombstone (no value) is a DELETE of the key's id (or of None).
+A wrapper is removed first, in every format: a value whose keys are exactly ``schema`` and ``payload`` (Kafka Connect's
+JSON converter with schemas; ``schema`` may be null) or exactly ``payload`` (the schema stripped). Its payload must be
+a JSON object — the value in one of the shapes above — or null, which counts as a tombstone; anything else is an error
+(a row whose only column is named ``payload`` therefore reads as a wrapper: include the id column to send it as a
+row). Only one wrapper level is removed. A tombstone (no value) is a DELETE of the key's id (or of None).
 
 The key supplies the id only when the value has none (the value wins; the key is not even read otherwise). It is
 UTF-8 text; when it parses as JSON, a string is that string, an integer its decimal form, an object its id column or,
-with exactly one field, that field (a Debezium ``{"schema", "payload"}`` key is unwrapped). Any other key text —
+with exactly one field, that field (a ``{"schema", "payload"}`` or ``{"payload"}`` key is unwrapped first, as a value
+is; its payload must be a string, an integer or an object). Any other key text —
 including ``true``, ``null`` and ``1.5`` — is the id as written.
 
 Ids are strings, or integers (database primary keys) turned into their decimal form; any other JSON type is an error.
@@ -56,6 +60,7 @@ _JSON_TYPES: Final[Mapping[type, str]] = {
 }
 _JSON_START: Final = frozenset('"{[-0123456789')
 _DEBEZIUM_UPSERT_OPS: Final = ("c", "u", "r")  # a tuple: op may be any JSON value, even unhashable
+_KEY_PAYLOAD_TYPES: Final = frozenset({str, int, dict})  # what a wrapped key's payload may be
 
 
 class _IdSpellings:
@@ -116,12 +121,18 @@ def decode(record: SourceRecord, kind: DatasetKind, fmt: Format = "auto") -> Cha
         raise _bad_json(record, "value", value, exc) from exc
     if type(obj) is not dict:
         raise _fail(record, f"value must be a JSON object, got {_json_type(obj)}")
-    if len(obj) == 2 and "payload" in obj and "schema" in obj:
-        obj = obj["payload"]
-        if obj is None:
+    return _from_object(record, spell, obj, fmt)
+
+
+def _from_object(record: SourceRecord, spell: _IdSpellings, obj: dict[str, Any], fmt: Format) -> Change:
+    """The change a parsed value (an object) describes: remove a wrapper, then read the shape."""
+    if "payload" in obj and (len(obj) == 1 or (len(obj) == 2 and "schema" in obj)):
+        payload = obj["payload"]
+        if payload is None:
             return Change(Op.DELETE, _key_id(record, spell)[0], {})
-        if type(obj) is not dict:
-            raise _fail(record, f"the payload must be a JSON object, got {_json_type(obj)}")
+        if type(payload) is not dict:
+            raise _fail(record, _bad_payload(obj, payload))
+        obj = payload
 
     shape = fmt
     if shape == "auto":
@@ -139,6 +150,16 @@ def decode(record: SourceRecord, kind: DatasetKind, fmt: Format = "auto") -> Cha
     if shape == "api":
         return _api(record, spell, obj)
     raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
+
+
+def _bad_payload(wrapper: dict[str, Any], payload: Any) -> str:
+    got = _json_type(payload)
+    if len(wrapper) == 2:
+        return f'the payload of a {{"schema", "payload"}} wrapper must be a JSON object or null, got {got}'
+    return (
+        f"a value whose only key is 'payload' is a wrapper, so the payload must be a JSON object or null, got {got}"
+        " (to send a column named payload, put the id column in the row too)"
+    )
 
 
 # --------------------------------------------------------------------------- shapes
@@ -284,10 +305,10 @@ def _key_json_id(
         return None, "the key is a JSON list"
     if t is not dict:
         return text, ""  # a float written as text: the text is the id
-    if unwrap and len(parsed) == 2 and "payload" in parsed and "schema" in parsed:
+    if unwrap and "payload" in parsed and (len(parsed) == 1 or (len(parsed) == 2 and "schema" in parsed)):
         payload = parsed["payload"]
-        if payload is None:
-            return None, "the key's payload is null"
+        if type(payload) not in _KEY_PAYLOAD_TYPES:
+            return None, f"the key's payload is {_json_type(payload)}"
         return _key_json_id(record, spell, payload, text, unwrap=False)
     id_keys = spell.find(parsed)
     if id_keys:

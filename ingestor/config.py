@@ -361,13 +361,29 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    # A list whose items failed also reports "should have at least 1 item after validation" when none is left:
+    # a consequence of the items' own errors, not a second problem.
+    failed_items = {err["loc"][:i] for err in errors for i, p in enumerate(err["loc"]) if isinstance(p, int)}
     lines = [f"invalid configuration ({where}):"]
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in errors:
         msg = err["msg"].removeprefix("Value error, ")
         if not err["loc"]:  # a check across sections: its message names the settings
             lines.append(f"  {msg}")
             continue
+        if err["type"] == "too_short" and err["loc"] in failed_items:
+            continue
         loc = ".".join(str(p) for p in err["loc"])
-        env = "INGESTOR_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
-        lines.append(f"  {loc}: {msg}  (set it in the YAML file or as {env})")
+        lines.append(f"  {loc}: {msg}  ({_where_to_set(err['loc'])})")
     return "\n".join(lines)
+
+
+def _where_to_set(loc: tuple[int | str, ...]) -> str:
+    """Where a setting can be changed: the YAML file, or its INGESTOR_* variable (a list only as a whole, in JSON)."""
+    names: list[str] = []
+    for part in loc:
+        if isinstance(part, int):  # an item of a list (routes): the variable holds the whole list
+            env = "INGESTOR_" + "__".join(names)
+            return f"set it in the YAML file, or override the whole list as JSON in {env}"
+        names.append(str(part).upper())
+    return "set it in the YAML file or as INGESTOR_" + "__".join(names)

@@ -34,8 +34,9 @@ from ingestor.broker import EmbeddedBroker
 from ingestor.config import Settings
 from ingestor.deadletter import H_REASON, H_STAGE
 from ingestor.emulator.app import RunningEmulator, running_emulator
-from ingestor.emulator.config import EmulatorConfig, default_config_path
-from ingestor.errors import ConfigError, IngestorError
+from ingestor.emulator.config import EmulatorConfig
+from ingestor.errors import IngestorError
+from ingestor.examples import EXAMPLES_DIR
 from ingestor.kafka_tools import create_topics, read_topic
 from ingestor.logs import configure_logging
 from ingestor.model import TopicPartition
@@ -296,7 +297,7 @@ async def _stream(parts: Parts) -> tuple[list[Event], Expectation]:
 async def _start(options: Options, stack: contextlib.AsyncExitStack) -> Parts:
     """Broker, endpoint, topics, then the service; each is stopped by ``stack`` in the reverse order."""
     started = time.monotonic()
-    config_dir = _config_dir()
+    config_dir = EXAMPLES_DIR  # the package's example (= config/), wherever it runs and whatever ./config holds
     broker = _start_broker()
     stack.callback(broker.stop)
     emulator = await stack.enter_async_context(running_emulator(_emulator_config(options, config_dir)))
@@ -307,15 +308,6 @@ async def _start(options: Options, stack: contextlib.AsyncExitStack) -> Parts:
     parts = Parts(options, started, broker, emulator, settings, service, service_task, Produced(options.records))
     stack.push_async_callback(_stop_service, parts)
     return parts
-
-
-def _config_dir() -> Path:
-    emulator_yaml = default_config_path()
-    if emulator_yaml is None or not (emulator_yaml.parent / "ingestor.yaml").is_file():
-        raise ConfigError(
-            "the demo reads config/ingestor.yaml and config/emulator.yaml: run it from the project folder"
-        )
-    return emulator_yaml.parent
 
 
 def _start_broker() -> EmbeddedBroker:
@@ -355,7 +347,7 @@ class _FileOnlySettings(Settings):
 
 
 def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str) -> Settings:
-    """config/ingestor.yaml, pointed at the demo's broker and endpoint; quick group joins and commits."""
+    """The example ingestor.yaml, pointed at the demo's broker and endpoint; quick group joins and commits."""
     path = config_dir / "ingestor.yaml"
     base = _FileOnlySettings.load(path)
     calls_per_s = (

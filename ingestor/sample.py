@@ -2,7 +2,8 @@
 
 Every generated event knows whether it is valid, so a run can be checked from the outside: the endpoint's final
 state must equal the last valid event per id, and the dead-letter topic must hold exactly the invalid ones.
-Shapes are mixed (API-shaped, flat column names, Debezium envelopes); a few ids are hot (updated very often).
+Shapes are mixed (API-shaped, flat column names, Debezium envelopes bare or in each wrapper, see ``WRAPPERS``); a few
+ids are hot (updated very often).
 With ``StreamSpec.avro`` (see ``register_avro_schemas``) the values are Avro in the Confluent wire format instead:
 plain rows of two schema versions (v2 adds an optional column), and Debezium envelopes with Avro keys, decimals and
 timestamps in microseconds; the bad ones are garbage after the magic byte, an unknown schema id, an extra column
@@ -89,7 +90,22 @@ def _shape(rng: random.Random, row: dict[str, Any], id_field: str, id_key: str) 
         camel = {camel_case(k): v for k, v in props.items()}
         return {id_key: row[id_field], "properties": json.dumps(camel) if rng.random() < 0.5 else camel}
     envelope = {"before": None, "after": row, "op": rng.choice("cur"), "ts_ms": 1_700_000_000_000}
-    return {"schema": {"type": "struct"}, "payload": envelope} if rng.random() < 0.5 else envelope
+    return wrap(rng.choice(WRAPPERS), envelope)
+
+
+# How a Debezium envelope arrives: bare (JSON converter without schemas), in Kafka Connect's wrapper with a schema or
+# a null schema, or wrapped in a lone payload (the schema stripped). The codec accepts each.
+WRAPPERS = ("none", "schema", "null schema", "payload only")
+
+
+def wrap(wrapper: str, value: dict[str, Any]) -> dict[str, Any]:
+    if wrapper == "schema":
+        return {"schema": {"type": "struct", "optional": False, "name": "shop.Envelope"}, "payload": value}
+    if wrapper == "null schema":
+        return {"schema": None, "payload": value}
+    if wrapper == "payload only":
+        return {"payload": value}
+    return value
 
 
 def _bad(rng: random.Random, topic: str, record_id: str, good: dict[str, Any]) -> tuple[bytes, str]:

@@ -130,7 +130,8 @@ class DatasetSchema:
         specs = [_parse_field(f, kind, where) for f in avro["fields"]]
         names = [s.name for s in specs]
         if kind.id_field not in names:
-            raise ConfigError(f"{where}: a {kind.value} schema needs the field {kind.id_field}")
+            article = "a" if kind is DatasetKind.USERS else "an"  # a USERS, an ITEMS, an INTERACTIONS schema
+            raise ConfigError(f"{where}: {article} {kind.value} schema needs the field {kind.id_field}")
         keys = [s.key for s in specs]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"{where}: two fields map to the same camelCase key: {keys}")

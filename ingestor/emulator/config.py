@@ -16,17 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingestor.config import read_yaml_mapping
 from ingestor.errors import ConfigError
+from ingestor.examples import EMULATOR_YAML
 from ingestor.schema import DatasetKind, DatasetSchema
 
 # arn:aws:personalize:REGION:ACCOUNT:dataset/DATASET_GROUP/NAME — the group is what quotas are counted against.
 DATASET_ARN_RE = re.compile(r"^arn:[a-z\d-]+:personalize:[^:]*:[^:]*:dataset/(?P<group>[^/]+)/(?P<name>[^/]+)$")
 
-# Where `ingestor emulator` looks for a config when --config is not given: the working directory, then the
-# source checkout this package was imported from (an editable install).
-DEFAULT_CONFIG_CANDIDATES = (
-    Path("config/emulator.yaml"),
-    Path(__file__).resolve().parents[2] / "config" / "emulator.yaml",
-)
+# Where `ingestor emulator` looks for a config when --config is not given: the working directory (a source checkout,
+# or a folder written by `ingestor init`), then the example shipped in the package.
+DEFAULT_CONFIG_CANDIDATES = (Path("config/emulator.yaml"), EMULATOR_YAML)
 
 
 class Api(enum.StrEnum):

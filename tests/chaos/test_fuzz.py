@@ -134,8 +134,9 @@ def _shaped(draw: st.DrawFn) -> bytes:
     elif shape == "debezium":
         op = draw(st.sampled_from(["c", "u", "r", "d"]) | _json)
         value = {"op": op, "before": draw(st.none() | _rows() | _json), "after": row if draw(st.booleans()) else None}
-    elif shape == "connect":
-        value = {"schema": draw(_json), "payload": row if draw(st.booleans()) else draw(_json)}
+    elif shape == "connect":  # a wrapper (Kafka Connect's, or the schema stripped) around a row or anything
+        payload = row if draw(st.booleans()) else draw(_json)
+        value = {"payload": payload} if draw(st.booleans()) else {"schema": draw(_json), "payload": payload}
     else:
         value = draw(_json)
     text = json.dumps(value, ensure_ascii=draw(st.booleans()))
@@ -176,17 +177,22 @@ def _nearly_valid(draw: st.DrawFn) -> tuple[str, bytes | None, bytes | None]:
             row[name] = draw(_good_values[name])
     if draw(st.integers(0, 5)) == 0:
         row[draw(_columns)] = draw(_json)
-    shape = draw(st.sampled_from(["flat", "api", "debezium", "connect", "keyed"]))
+    shape = draw(st.sampled_from(["flat", "api", "debezium", "keyed"]))
     value: Any = row
     if shape == "api":
         props = {k[0].lower() + k.title().replace("_", "")[1:]: v for k, v in row.items() if k != id_field}
         value = {id_key: rid, "properties": json.dumps(props) if draw(st.booleans()) else props}
     elif shape == "debezium":
-        value = {"before": None, "after": row, "op": draw(st.sampled_from("cur"))}
-    elif shape == "connect":
-        value = {"schema": {"type": "struct"}, "payload": row}
+        value = {"before": None, "after": row, "op": draw(st.sampled_from("cur")), "source": {"db": "shop"}}
     elif shape == "keyed":  # the id only in the key
         value = {k: v for k, v in row.items() if k != id_field}
+    wrapper = draw(st.sampled_from(["none", "none", "schema", "null schema", "payload only"]))
+    if wrapper == "schema":  # Kafka Connect's JSON converter with schemas
+        value = {"schema": {"type": "struct"}, "payload": value}
+    elif wrapper == "null schema":
+        value = {"schema": None, "payload": value}
+    elif wrapper == "payload only":  # the schema stripped
+        value = {"payload": value}
     key = draw(st.sampled_from([rid, json.dumps(rid), json.dumps({id_field: rid})])).encode()
     return topic, key, json.dumps(value).encode()
 
@@ -302,6 +308,9 @@ def hostile_set(seed: int) -> list[tuple[str, bytes | None, bytes | None]]:
         (ITEMS, b"dbz", json.dumps({"op": "x", "after": item}).encode()),
         (ITEMS, b"dbz", json.dumps({"op": "d", "before": None}).encode()),
         (ITEMS, b"wrap", json.dumps({"schema": {}, "payload": [1, 2]}).encode()),
+        (ITEMS, b"wrap", json.dumps({"payload": "not a row"}).encode()),
+        (ITEMS, b"wrap", json.dumps({"payload": {"op": "u", "after": {**item, "ITEM_ID": "i-wrap"}}}).encode()),
+        (ITEMS, b"wrap", json.dumps({"schema": None, "payload": {**item, "ITEM_ID": "i-null-schema"}}).encode()),
         (ITEMS, b"", None),  # a tombstone with an empty key
         (USERS, b"u", json.dumps({"USER_ID": "u-1", "AGE": "old", "MEMBERSHIP": "gold"}).encode()),
         (USERS, b"u", json.dumps({"userId": "u-2", "properties": '{"membership": "gold", "age": 1e400}'}).encode()),
@@ -371,6 +380,8 @@ async def test_hostile_records_on_the_real_broker(broker, unique, emulator, seed
 
     stored = {ITEMS: await emulator.client.records(ITEMS_ARN), USERS: await emulator.client.records(USERS_ARN)}
     assert stored[ITEMS][SENTINEL] == {"price": 9.5, "creationTimestamp": 1_700_000_000}
+    for wrapped_id in ("i-wrap", "i-null-schema"):  # wrapped values are delivered, not dead-lettered
+        assert stored[ITEMS][wrapped_id] == {"price": 1.5, "creationTimestamp": 1}, wrapped_id
     dead = {(d.topic, d.offset): d for d in await read_dlq(bootstrap, dlq)}
     for rec in placed:
         outcome, rid, _ = expected_outcome(rec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from ingestor.codec import decode
 from ingestor.errors import DecodeError
 from ingestor.model import Change, Op, SourceRecord
-from ingestor.schema import DatasetKind
+from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, StreamSpec, generate
+from ingestor.schema import DatasetKind, DatasetSchema
 
 ITEMS = DatasetKind.ITEMS
 USERS = DatasetKind.USERS
@@ -42,9 +44,17 @@ def fails(record: SourceRecord, *fragments: str, kind: DatasetKind = ITEMS, fmt:
     return message
 
 
+# The wrappers a value may come in (Kafka Connect's JSON converter with a schema, a null schema, the schema stripped).
+WRAPPERS = {
+    "schema": lambda v: {"schema": {"type": "struct", "fields": []}, "payload": v},
+    "null schema": lambda v: {"schema": None, "payload": v},
+    "payload only": lambda v: {"payload": v},
+}
+
+
 def envelope(op: str, before: Any = None, after: Any = None, *, wrapped: bool = False) -> dict[str, Any]:
     env = {"before": before, "after": after, "op": op, "source": {"db": "shop", "table": "items"}, "ts_ms": 1}
-    return {"schema": {"type": "struct", "fields": []}, "payload": env} if wrapped else env
+    return WRAPPERS["schema"](env) if wrapped else env
 
 
 # --------------------------------------------------------------------------- API shape
@@ -195,21 +205,84 @@ class TestDebezium:
     def test_unknown_op(self, op: Any, shown: str) -> None:
         fails(rec(envelope(op, after={"ITEM_ID": "i1"})), f"unknown Debezium op {shown} (expected c, u, r or d)")
 
-    def test_wrapper_with_null_payload_is_a_tombstone(self) -> None:
-        assert decode(rec({"schema": None, "payload": None}, key="k"), ITEMS) == Change(Op.DELETE, "k", {})
-
-    def test_wrapper_with_a_non_object_payload(self) -> None:
-        fails(rec({"schema": {}, "payload": [1]}), "the payload must be a JSON object, got a list")
-
-    def test_wrapper_around_a_flat_row(self) -> None:
-        assert decode(rec({"schema": {}, "payload": {"ITEM_ID": "i1", "A": 1}}), ITEMS) == Change(
-            Op.UPSERT, "i1", {"A": 1}
-        )
-
     def test_id_of_the_wrong_type_in_before(self) -> None:
         fails(
             rec(envelope("d", before={"ITEM_ID": 1.5})), "'before' ITEM_ID must be a string or an integer, got a float"
         )
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+# shape → (a value in that shape, the formats that accept it)
+INNER: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "debezium": (envelope("u", after={"ITEM_ID": "i1", "A": 1}), ("auto", "debezium")),
+    "flat": ({"ITEM_ID": "i1", "A": 1}, ("auto", "flat")),
+    "api": ({"itemId": "i1", "properties": {"A": 1}}, ("auto", "api")),
+    "api, properties string": ({"itemId": "i1", "properties": '{"A": 1}'}, ("auto", "api")),
+}
+
+
+class TestWrappers:
+    def test_the_debezium_envelope_wrapped_only_in_payload(self) -> None:
+        # The shape that was dead-lettered with "'payload' holds an object" (issue 9, part 1).
+        value = {"payload": {"before": None, "after": {"ITEM_ID": "i1", "A": 1}, "op": "u", "source": {}, "ts_ms": 1}}
+        for fmt in ("auto", "debezium"):
+            assert decode(rec(value), ITEMS, fmt) == Change(Op.UPSERT, "i1", {"A": 1})
+
+    @pytest.mark.parametrize("wrapper", WRAPPERS)
+    @pytest.mark.parametrize("shape", INNER)
+    def test_every_wrapper_around_every_shape_in_every_format_that_reads_it(self, wrapper: str, shape: str) -> None:
+        inner, formats = INNER[shape]
+        for fmt in formats:
+            got = decode(rec(WRAPPERS[wrapper](inner), key="ignored"), ITEMS, fmt)  # type: ignore[arg-type]
+            assert got == Change(Op.UPSERT, "i1", {"A": 1}), (fmt, got)
+
+    @pytest.mark.parametrize("wrapper", WRAPPERS)
+    def test_wrapped_debezium_delete(self, wrapper: str) -> None:
+        value = WRAPPERS[wrapper](envelope("d", before={"ITEM_ID": "i1", "A": 1}))
+        assert decode(rec(value, key="k"), ITEMS) == Change(Op.DELETE, "i1", {})
+        assert decode(rec(WRAPPERS[wrapper](envelope("d")), key="k"), ITEMS) == Change(Op.DELETE, "k", {})
+
+    @pytest.mark.parametrize("wrapper", WRAPPERS)
+    @pytest.mark.parametrize("fmt", ["auto", "api", "flat", "debezium"])
+    def test_a_null_payload_is_a_tombstone(self, wrapper: str, fmt: str) -> None:
+        got = decode(rec(WRAPPERS[wrapper](None), key="k"), ITEMS, fmt)  # type: ignore[arg-type]
+        assert got == Change(Op.DELETE, "k", {})
+
+    @pytest.mark.parametrize(("payload", "name"), [([1], "a list"), ("x", "a string"), (3, "an integer")])
+    def test_a_payload_that_is_not_an_object(self, payload: Any, name: str) -> None:
+        for schema in ({}, None):
+            fails(
+                rec({"schema": schema, "payload": payload}),
+                f'the payload of a {{"schema", "payload"}} wrapper must be a JSON object or null, got {name}',
+            )
+        message = fails(
+            rec({"payload": payload}, key="k"),
+            "a value whose only key is 'payload' is a wrapper, so the payload must be a JSON object or null, "
+            f"got {name}",
+        )
+        assert "put the id column in the row too" in message
+
+    def test_a_column_named_payload_next_to_the_id_is_a_column(self) -> None:
+        assert decode(rec({"ITEM_ID": "i1", "payload": "p"}), ITEMS) == Change(Op.UPSERT, "i1", {"payload": "p"})
+        assert decode(rec({"ITEM_ID": "i1", "payload": None}), ITEMS, "flat") == Change(
+            Op.UPSERT, "i1", {"payload": None}
+        )
+        value = {"payload": "p", "schema": "s", "A": 1}  # more than the wrapper's keys: a row
+        assert decode(rec(value, key="k"), ITEMS) == Change(Op.UPSERT, "k", {"payload": "p", "schema": "s", "A": 1})
+
+    def test_a_payload_object_next_to_other_keys_is_not_a_wrapper(self) -> None:
+        fails(rec({"ITEM_ID": "i1", "payload": {"A": 1}}), "'payload' holds an object")
+        fails(rec({"schema": None, "payload": {"ITEM_ID": "i1"}, "extra": 1}), "'payload' holds an object")
+
+    def test_only_one_wrapper_is_removed(self) -> None:
+        fails(rec({"payload": {"payload": {"ITEM_ID": "i1"}}}, key="k"), "'payload' holds an object")
+
+    @pytest.mark.parametrize("wrapper", WRAPPERS)
+    def test_a_wrapped_value_with_the_id_only_in_the_key(self, wrapper: str) -> None:
+        key = WRAPPERS[wrapper]({"ITEM_ID": "k1"})
+        assert decode(rec(WRAPPERS[wrapper]({"A": 1}), key=key), ITEMS) == Change(Op.UPSERT, "k1", {"A": 1})
 
 
 # --------------------------------------------------------------------------- detection and forced formats
@@ -316,6 +389,9 @@ class TestKeys:
             (b'{"schema": {"type": "struct"}, "payload": {"ITEM_ID": "k", "other": 1}}', "k"),
             (b'{"schema": {"type": "string"}, "payload": "k"}', "k"),
             (b'{"schema": {"type": "int64"}, "payload": 12}', "12"),
+            (b'{"schema": null, "payload": {"id": 12}}', "12"),
+            (b'{"payload": {"id": 12}}', "12"),  # the schema stripped
+            (b'{"payload": "k"}', "k"),
         ],
     )
     def test_key_forms(self, key: bytes, expected: str) -> None:
@@ -327,6 +403,9 @@ class TestKeys:
             (b'{"a": 1, "b": 2}', 'the key \'{"a": 1, "b": 2}\' has no ITEM_ID/itemId field'),
             (b"[1, 2]", "the key is a JSON list"),
             (b'{"schema": {}, "payload": null}', "the key's payload is null"),
+            (b'{"payload": null}', "the key's payload is null"),
+            (b'{"schema": {"type": "double"}, "payload": 1.5}', "the key's payload is a float"),
+            (b'{"payload": [1]}', "the key's payload is a list"),
         ],
     )
     def test_keys_without_an_id(self, key: bytes, fragment: str) -> None:
@@ -439,3 +518,42 @@ class TestBrokenValues:
     def test_messages_name_the_record(self) -> None:
         record = rec(b"nope", topic="users.cdc", partition=3, offset=123456)
         assert fails(record).startswith("users.cdc/3@123456: value is not valid JSON")
+
+
+# --------------------------------------------------------------------------- the sample stream
+
+
+def _shape_of(value: dict[str, Any]) -> tuple[str, str]:
+    wrapper = "none"
+    if "payload" in value and set(value) <= {"schema", "payload"}:
+        wrapper = "payload only" if len(value) == 1 else "null schema" if value["schema"] is None else "schema"
+        value = value["payload"]
+    if "op" in value:
+        return "debezium", wrapper
+    if "properties" in value:
+        return ("api, properties string" if isinstance(value["properties"], str) else "api"), wrapper
+    return "flat", wrapper
+
+
+def test_the_sample_stream_carries_every_promised_shape_and_each_decodes_to_its_expected_record() -> None:
+    """The demo and the integration/chaos tests run sample streams end to end: every shape the README promises must
+    be in them, and each valid event must decode and validate to exactly what the run will expect."""
+    config = Path(__file__).parents[2] / "config" / "schemas"
+    schemas = {
+        ITEMS_TOPIC: DatasetSchema.load(config / "items.avsc", ITEMS),
+        USERS_TOPIC: DatasetSchema.load(config / "users.avsc", USERS),
+    }
+    seen: set[tuple[str, str]] = set()
+    for n, event in enumerate(generate(3000, StreamSpec(seed=11))):
+        if not event.valid:
+            continue
+        assert event.value is not None
+        seen.add(_shape_of(json.loads(event.value)))
+        schema = schemas[event.topic]
+        change = decode(SourceRecord(event.topic, 0, n, event.key, event.value), schema.kind)
+        assert change.op is Op.UPSERT and change.record_id == event.record_id, event
+        built = schema.build_record(change.record_id, change.fields)
+        assert json.loads(built["properties"]) == event.expected, event
+    promised = {("flat", "none"), ("api", "none"), ("api, properties string", "none")}
+    promised |= {("debezium", wrapper) for wrapper in ("none", *WRAPPERS)}
+    assert promised <= seen, promised - seen

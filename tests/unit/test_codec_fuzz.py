@@ -99,7 +99,7 @@ envelopes = st.fixed_dictionaries(
 )
 wrapped = st.builds(
     lambda payload, schema: {"schema": schema, "payload": payload}, json_values | envelopes, json_values
-)
+) | st.builds(lambda payload: {"payload": payload}, json_values | envelopes)  # the schema stripped
 api_like = st.fixed_dictionaries(
     {}, optional={"itemId": json_values, "userId": json_values, "properties": json_values | as_json_text(json_values)}
 )
@@ -183,6 +183,17 @@ def as_id(raw: str | int) -> str:
     return raw if isinstance(raw, str) else str(raw)
 
 
+# No wrapper, or each wrapper the codec removes: Kafka Connect's (with a schema or a null one), the schema stripped.
+wrappers = st.sampled_from(
+    [
+        lambda v: v,
+        lambda v: {"schema": {"type": "struct"}, "payload": v},
+        lambda v: {"schema": None, "payload": v},
+        lambda v: {"payload": v},
+    ]
+)
+
+
 @BOUNDED
 @given(
     kinds,
@@ -190,8 +201,11 @@ def as_id(raw: str | int) -> str:
     st.dictionaries(st.text(max_size=20), field_values, max_size=8),
     st.integers(0, 3),
     st.sampled_from(["auto", "api"]),
+    wrappers,
 )
-def test_api_round_trip(kind: DatasetKind, rid: str | int, props: dict[str, Any], form: int, fmt: str) -> None:
+def test_api_round_trip(
+    kind: DatasetKind, rid: str | int, props: dict[str, Any], form: int, fmt: str, wrap: Any
+) -> None:
     value: dict[str, Any] = {kind.id_key: rid}
     if form == 1:
         value["properties"] = props
@@ -200,7 +214,7 @@ def test_api_round_trip(kind: DatasetKind, rid: str | int, props: dict[str, Any]
     elif form == 3:
         value["properties"] = None
     expected = props if form in (1, 2) else {}
-    got = decode(record(b"key-loses", dumps(value, True)), kind, fmt)  # type: ignore[arg-type]
+    got = decode(record(b"key-loses", dumps(wrap(value), True)), kind, fmt)  # type: ignore[arg-type]
     assert got == Change(Op.UPSERT, as_id(rid), expected)
 
 
@@ -211,17 +225,15 @@ def test_api_round_trip(kind: DatasetKind, rid: str | int, props: dict[str, Any]
     st.data(),
     st.sampled_from(["auto", "flat"]),
     st.none() | st.binary(max_size=20),
-    st.booleans(),
+    wrappers,
 )
 def test_flat_round_trip(
-    kind: DatasetKind, rid: str | int, data: st.DataObject, fmt: str, key: bytes | None, wrap: bool
+    kind: DatasetKind, rid: str | int, data: st.DataObject, fmt: str, key: bytes | None, wrap: Any
 ) -> None:
     row = data.draw(columns(kind))
     spelling = data.draw(spellings(kind))
     value: dict[str, Any] = {spelling: rid, **row}
-    if wrap:
-        value = {"schema": {"type": "struct"}, "payload": value}
-    got = decode(record(key, dumps(value, False)), kind, fmt)  # type: ignore[arg-type]
+    got = decode(record(key, dumps(wrap(value), False)), kind, fmt)  # type: ignore[arg-type]
     assert got == Change(Op.UPSERT, as_id(rid), row)
 
 
@@ -232,11 +244,11 @@ def test_flat_round_trip(
     st.data(),
     st.sampled_from(["c", "u", "r", "d"]),
     st.sampled_from(["auto", "debezium"]),
-    st.booleans(),
+    wrappers,
     st.none() | st.binary(max_size=20),
 )
 def test_debezium_round_trip(
-    kind: DatasetKind, rid: str | int, data: st.DataObject, op: str, fmt: str, wrap: bool, key: bytes | None
+    kind: DatasetKind, rid: str | int, data: st.DataObject, op: str, fmt: str, wrap: Any, key: bytes | None
 ) -> None:
     fields = data.draw(columns(kind))
     row = {data.draw(spellings(kind)): rid, **fields}
@@ -247,12 +259,11 @@ def test_debezium_round_trip(
     else:
         env.update(before=data.draw(st.none() | st.just(row)), after=row)
         expected = Change(Op.UPSERT, as_id(rid), fields)
-    value = {"schema": {}, "payload": env} if wrap else env
-    assert decode(record(key, dumps(value, True)), kind, fmt) == expected  # type: ignore[arg-type]
+    assert decode(record(key, dumps(wrap(env), True)), kind, fmt) == expected  # type: ignore[arg-type]
 
 
 @BOUNDED
-@given(kinds, ids, st.data(), st.integers(0, 4))
+@given(kinds, ids, st.data(), st.integers(0, 6))
 def test_id_from_key_round_trip(kind: DatasetKind, rid: str | int, data: st.DataObject, form: int) -> None:
     row = data.draw(columns(kind))
     if form == 0:  # plain text key
@@ -265,6 +276,8 @@ def test_id_from_key_round_trip(kind: DatasetKind, rid: str | int, data: st.Data
             2: {kind.id_field: rid, "tenant": "t"},
             3: {"pk": rid},
             4: {"schema": {"type": "struct"}, "payload": {kind.id_key: rid}},
+            5: {"payload": {kind.id_key: rid}},
+            6: {"schema": None, "payload": rid},
         }[form]
         expected = as_id(rid)
         key_bytes = dumps(key_json, data.draw(st.booleans()))

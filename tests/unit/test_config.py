@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,72 @@ def test_the_revocation_drain_must_fit_the_rebalance_timeout(
     assert "kafka.rebalance_timeout_ms" in message and "shutdown.drain_budget_s" in message
     monkeypatch.setenv("INGESTOR_KAFKA__REBALANCE_TIMEOUT_MS", "40000")
     assert Settings.load(config_copy).shutdown.drain_budget_s == 25
+
+
+ITEMS_ROUTE = {
+    "topic": "catalog.items",
+    "kind": "items",
+    "dataset_arn": "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS",
+    "schema": str(CONFIG / "schemas/items.avsc"),
+}
+
+
+def _load_error(**overrides: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        Settings.load(None, **overrides)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        ({"kind": "movies"}, "routes.0.kind: Input should be 'items' or 'users'"),
+        ({"schema": "/nowhere/items.avsc"}, "routes.0: schema file /nowhere/items.avsc: cannot be read"),
+        ({"topic": ""}, "routes.0.topic: String should have at least 1 character"),
+    ],
+)
+def test_an_invalid_only_route_reports_its_own_problem_only(bad: dict[str, str], fragment: str) -> None:
+    message = _load_error(routes=[{**ITEMS_ROUTE, **bad}])
+    assert fragment in message
+    assert "at least 1 item" not in message  # not a second, confusing error about the (then empty) list
+    assert len(message.splitlines()) == 2, message
+
+
+def test_an_empty_route_list_is_still_reported() -> None:
+    assert "routes: Tuple should have at least 1 item" in _load_error(routes=[])
+    assert "routes: Field required" in _load_error()
+
+
+def test_the_hint_for_a_route_setting_says_routes_are_overridden_as_json(config_copy: Path) -> None:
+    config_copy.write_text(config_copy.read_text().replace("kind: users", "kind: people", 1))
+    with pytest.raises(ConfigError) as info:
+        Settings.load(config_copy)
+    message = str(info.value)
+    assert "routes.1.kind" in message
+    assert "override the whole list as JSON in INGESTOR_ROUTES" in message
+    assert "INGESTOR_ROUTES__" not in message  # no such variable
+    assert "at least 1 item" not in message
+
+
+def test_a_bad_route_from_the_environment_gets_the_same_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGESTOR_ROUTES", json.dumps([{**ITEMS_ROUTE, "kind": "movies"}]))
+    message = _load_error()
+    assert "routes.0.kind: Input should be 'items' or 'users'" in message
+    assert "override the whole list as JSON in INGESTOR_ROUTES" in message
+    assert "at least 1 item" not in message
+
+
+def test_the_hint_for_other_settings_names_their_variable() -> None:
+    message = _load_error(routes=[ITEMS_ROUTE], kafka={"security": {"protocol": "SSH"}})
+    assert "kafka.security.protocol:" in message
+    assert "(set it in the YAML file or as INGESTOR_KAFKA__SECURITY__PROTOCOL)" in message
+
+
+@pytest.mark.parametrize(("kind", "article"), [("items", "an ITEMS"), ("users", "a USERS")])
+def test_a_schema_without_its_id_field(tmp_path: Path, kind: str, article: str) -> None:
+    schema = tmp_path / "bad.avsc"
+    schema.write_text(json.dumps({"type": "record", "name": "X", "fields": [{"name": "PRICE", "type": "float"}]}))
+    arn = ITEMS_ROUTE["dataset_arn"].replace("ITEMS", kind.upper())
+    message = _load_error(routes=[{**ITEMS_ROUTE, "kind": kind, "dataset_arn": arn, "schema": str(schema)}])
+    id_field = "ITEM_ID" if kind == "items" else "USER_ID"
+    assert f"{article} schema needs the field {id_field}" in message
