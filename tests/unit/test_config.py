@@ -47,7 +47,7 @@ def test_settings_are_frozen(config_copy: Path) -> None:
     ("edit", "fragments"),
     [
         (("max_records: 10", "max_records: 11"), ["batching.max_records", "INGESTOR_BATCHING__MAX_RECORDS"]),
-        (("kind: items ", "kind: movies "), ["routes.0.kind", "'items' or 'users'"]),
+        (("kind: items ", "kind: movies "), ["routes.0.kind", "'items', 'users' or 'interactions'"]),
         (("dataset/shop/ITEMS", "datasets/shop"), ["routes.0.dataset_arn", "dataset/DATASET_GROUP"]),
         (("schemas/items.avsc", "schemas/missing.avsc"), ["routes.0", "missing.avsc", "cannot be read"]),
         (("linger_ms: 50", "linger_ms: 50\n  surprise: 1"), ["batching.surprise", "Extra inputs"]),
