@@ -84,6 +84,19 @@ class PendingEvent(Pending):
         return (self.record_id, self.session_id)
 
 
+_CAMEL: dict[str, str] = {}  # spelling → camelCase: the few column names a topic uses (bounded against hostile input)
+_CAMEL_MAX = 4096
+
+
+def _camel(key: str) -> str:
+    found = _CAMEL.get(key)
+    if found is None:
+        found = camel_case(key)
+        if len(_CAMEL) < _CAMEL_MAX and len(key) <= 128:
+            _CAMEL[key] = found
+    return found
+
+
 def source_event_id(record: SourceRecord) -> str:
     """The event id derived from the record's position: stable across retries and re-reads."""
     where = record.where
@@ -139,7 +152,7 @@ def _event_row(record: SourceRecord, obj: dict[str, Any]) -> tuple[str, dict[str
         _merge(record, row, props, "properties")
     for key in _IGNORED & row.keys():
         del row[key]
-    user_keys = [k for k in row if k == "userId" or camel_case(k) == "userId"]
+    user_keys = [k for k in row if _camel(k) == "userId"]
     user_ids = {_text_id(record, row.pop(k), k) for k in user_keys}
     if len(user_ids) > 1:
         raise _fail(record, f"the user id is given twice with different values: {sorted(user_ids)}")
@@ -230,7 +243,7 @@ class EventBuilder:
         slots: dict[str, tuple[str, Any]] = {}
         rest: dict[str, Any] = {}
         for key, value in change.fields.items():
-            slot = self._slots.get(key) or self._slots.get(camel_case(key))
+            slot = self._slots.get(key) or self._slots.get(_camel(key))
             if slot is None:
                 rest[key] = value
             elif slot in slots:

@@ -14,6 +14,7 @@ Layers, from the inside out:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -244,11 +245,16 @@ def _request(
             "trackingId": target.tracking_id,
             "userId": first.record_id,
             "sessionId": first.session_id,
-            "eventList": [p.request for p in batch],
+            # sentAt as an aware datetime: botocore would parse an int through dateutil twice per event
+            "eventList": [{**p.request, "sentAt": _utc(p.request["sentAt"])} for p in batch],
         }
         return client.put_events, kwargs
     method = client.put_items if target.api == "PutItems" else client.put_users
     return method, {"datasetArn": target.dataset_arn, target.list_key: [p.request for p in batch]}
+
+
+def _utc(epoch_s: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC)
 
 
 def _fatal_hint(target: Target, code: str, message: str) -> str:
