@@ -152,7 +152,7 @@ def _event_row(record: SourceRecord, obj: dict[str, Any]) -> tuple[str, dict[str
         _merge(record, row, props, "properties")
     for key in _IGNORED & row.keys():
         del row[key]
-    user_keys = [k for k in row if _camel(k) == "userId"]
+    user_keys = [k for k in row if k == "userId" or _camel(k) == "userId"]
     user_ids = {_text_id(record, row.pop(k), k) for k in user_keys}
     if len(user_ids) > 1:
         raise _fail(record, f"the user id is given twice with different values: {sorted(user_ids)}")
