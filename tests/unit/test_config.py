@@ -13,6 +13,7 @@ from ingestor.config import Settings
 from ingestor.errors import ConfigError
 
 CONFIG = Path(__file__).parents[2] / "config"
+ITEMS = "arn:aws:personalize:us-east-1:1:dataset/shop/ITEMS"
 
 
 @pytest.fixture
@@ -97,3 +98,56 @@ def test_the_revocation_drain_must_fit_the_rebalance_timeout(
     assert "kafka.rebalance_timeout_ms" in message and "shutdown.drain_budget_s" in message
     monkeypatch.setenv("INGESTOR_KAFKA__REBALANCE_TIMEOUT_MS", "40000")
     assert Settings.load(config_copy).shutdown.drain_budget_s == 25
+
+
+def test_the_commented_interactions_route_of_the_example_loads(config_copy: Path) -> None:
+    text = config_copy.read_text()
+    start = text.index("  # - topic: shop.events")
+    block = text[start:].split("batching:", 1)[0]
+    config_copy.write_text(text.replace(block, block.replace("  # ", "  ", 1).replace("\n  #   ", "\n    ")))
+    route = Settings.load(config_copy).routes[-1]
+    assert (route.kind, route.api, route.tracking_id, route.session_id) == (
+        "interactions",
+        "PutEvents",
+        "shop-tracking-id",
+        "user_id",
+    )
+    assert set(route.event_builder().attributes) == {"ITEM_ID", "EVENT_TYPE", "EVENT_VALUE", "TIMESTAMP"}
+
+
+@pytest.mark.parametrize(
+    ("route", "fragment"),
+    [
+        ({"kind": "interactions"}, "set tracking_id to the event tracker's id"),
+        ({"kind": "items", "tracking_id": "t"}, "tracking_id is for interactions routes only"),
+    ],
+)
+def test_tracking_id_goes_with_interactions_routes(route: dict[str, str], fragment: str) -> None:
+    schema = CONFIG / ("schemas/interactions.avsc" if route["kind"] == "interactions" else "schemas/items.avsc")
+    arn = "arn:aws:personalize:us-east-1:1:dataset/shop/" + route["kind"].upper()
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.load(None, routes=[{"topic": "t", "dataset_arn": arn, "schema": str(schema), **route}])
+
+
+def test_an_api_left_out_of_rate_limits_keeps_personalizes_quota() -> None:
+    s = Settings.load(
+        None,
+        personalize={"rate_limits": {"PutItems": 5}},
+        routes=[{"topic": "t", "kind": "items", "dataset_arn": ITEMS, "schema": str(CONFIG / "schemas/items.avsc")}],
+    )
+    assert s.personalize.rate_limits == {"PutItems": 5, "PutUsers": 10, "PutEvents": 1000}
+
+
+def test_check_config_describes_an_interactions_route() -> None:
+    from ingestor.app import describe
+
+    route = {
+        "topic": "shop.events",
+        "kind": "interactions",
+        "dataset_arn": "arn:aws:personalize:us-east-1:1:dataset/shop/INTERACTIONS",
+        "tracking_id": "tid",
+        "schema": str(CONFIG / "schemas/interactions.avsc"),
+        "timestamp_unit": "ms",
+    }
+    text = describe(Settings.load(None, routes=[route]))
+    assert "shop.events → PutEvents" in text and "tracking_id tid" in text and "TIMESTAMP in ms" in text
