@@ -18,10 +18,11 @@ TRACKING_ID = "shop-tracking-id"
 TOPIC = "shop.events"
 
 
-def settings() -> Settings:
+def settings(**retry: object) -> Settings:
+    retry = {"base_delay_s": 0.001, "max_delay_s": 0.01, **retry}
     return Settings(
         kafka={"dead_letter_topic": "dlq"},
-        personalize={"rate_limits": {"PutEvents": 10_000.0}, "retry": {"base_delay_s": 0.001, "max_delay_s": 0.01}},
+        personalize={"rate_limits": {"PutEvents": 10_000.0}, "retry": retry},
         routes=[
             {
                 "topic": TOPIC,
@@ -40,8 +41,10 @@ def event(user: str, item: str, offset: int, partition: int = 0, **extra: object
     return SourceRecord(TOPIC, partition, offset, user.encode(), json.dumps(value).encode())
 
 
-async def run(personalize: FakePersonalize, records: list[SourceRecord]) -> tuple[Pipeline, FakeProducer]:
-    s, producer, metrics = settings(), FakeProducer(), Metrics()
+async def run(
+    personalize: FakePersonalize, records: list[SourceRecord], **retry: object
+) -> tuple[Pipeline, FakeProducer]:
+    s, producer, metrics = settings(**retry), FakeProducer(), Metrics()
     pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
     pipeline.start()
     try:
@@ -85,3 +88,22 @@ async def test_a_retried_call_resends_the_same_event_ids() -> None:
     _, _ = await run(personalize, [event("u1", "i", 0), event("u1", "i", 1)])
     assert [[e["eventId"] for e in events] for _, events in personalize.calls] == [[f"{TOPIC}/0@0", f"{TOPIC}/0@1"]] * 2
     assert len(personalize.events[TRACKING_ID]) == 2
+
+
+async def test_spent_retries_in_block_mode_keep_the_events_and_send_them_again_in_order() -> None:
+    personalize = FakePersonalize(fail_next=[client_error("InternalFailure", 500)] * 4)
+    records = [event("u1", "i", o) for o in range(15)]
+    pipeline, producer = await run(personalize, records, max_attempts=2, on_exhausted="block")
+    delivered = [e["eventId"] for e in personalize.events[TRACKING_ID]]
+    assert delivered == [f"{TOPIC}/0@{o}" for o in range(15)]  # each once, in order, after the failures
+    assert producer.sent == [] and pipeline.tracker.to_commit() == {TopicPartition(TOPIC, 0): 15}
+    assert pipeline.stalled is None  # a later success cleared the stall
+
+
+async def test_spent_retries_in_dead_letter_mode_dead_letter_the_events_at_stage_api() -> None:
+    personalize = FakePersonalize(fail_next=[client_error("InternalFailure", 500)] * 2)
+    records = [event("u1", "i", o) for o in range(3)]
+    pipeline, producer = await run(personalize, records, max_attempts=2, on_exhausted="dead_letter")
+    assert len(producer.sent) == 3 and TRACKING_ID not in personalize.events
+    assert {producer.headers_of(i)["ingestor.error.stage"] for i in range(3)} == {"api"}
+    assert pipeline.tracker.to_commit() == {TopicPartition(TOPIC, 0): 3}
