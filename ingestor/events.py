@@ -15,8 +15,9 @@ Input shapes (``routes[].format``), one event per record:
   ``trackingId`` is ignored (the route's ``tracking_id`` decides); ``impression`` may be a list;
 * ``debezium``: a change event of an interactions table (``after`` is a flat row); a delete is counted and skipped,
   as PutEvents cannot remove an event;
-* ``auto``: Debezium when the value has ``op`` with ``before``/``after``, otherwise the event row (flat and api rows
-  are told apart by nothing: any spelling is accepted, ``properties`` and ``eventList`` are unpacked).
+* ``auto``: Debezium when the value has ``op`` with ``before``/``after``, otherwise an event row. ``flat`` and
+  ``api`` need no telling apart: both are read the same way (any spelling; ``properties`` and ``eventList`` are
+  unpacked when present), so a forced ``flat`` or ``api`` only rules out Debezium detection.
 
 Ids: the user id comes from the value (``USER_ID``/``userId``) or else the Kafka key, as for users routes. The
 session id from the value (``SESSION_ID``/``sessionId``), or else — ``routes[].session_id`` — the user id (default:
