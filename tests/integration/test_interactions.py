@@ -85,8 +85,13 @@ def settings(bootstrap: str, endpoint: str, suffix: str, topic: str, schema: Pat
     )
 
 
+@pytest.mark.parametrize(
+    "faults",
+    [{}, {"fail_rate": 0.15, "throttle_rate": 0.15}],
+    ids=["calm", "5xx-and-throttling"],
+)
 async def test_every_event_arrives_in_order_per_session_bad_ones_in_the_dlq_and_commits_reach_the_end(
-    broker, unique, tmp_path: Path
+    broker, unique, tmp_path: Path, faults: dict[str, float]
 ) -> None:
     suffix = unique("ev")
     topic, dlq = f"shop.events-{suffix}", f"dlq-{suffix}"
@@ -105,7 +110,7 @@ async def test_every_event_arrives_in_order_per_session_bad_ones_in_the_dlq_and_
     schema = tmp_path / "interactions.avsc"
     schema.write_text(json.dumps(drifted))
 
-    config = EmulatorConfig.load(CONFIG / "emulator.yaml", quotas={"enabled": False})
+    config = EmulatorConfig.load(CONFIG / "emulator.yaml", quotas={"enabled": False}, faults=faults, seed=9)
     async with running_emulator(config) as emu:
         service = Service(
             settings(broker.bootstrap_servers, emu.url, suffix, topic, schema), registry=CollectorRegistry()
@@ -126,6 +131,8 @@ async def test_every_event_arrives_in_order_per_session_bad_ones_in_the_dlq_and_
         assert await asyncio.wait_for(run, 30) == EXIT_OK
         stored = await emu.client.events(ARN)
         stats = await emu.client.stats()
+    if faults:  # retried calls, yet every event once and in order (a failed call stores nothing)
+        assert stats["calls"]["PutEvents"]["server_error"] > 0 and stats["calls"]["PutEvents"]["throttled"] > 0
 
     # Every valid event arrived exactly once (no coalescing), with the record's position as its event id.
     expected_ids = {f"{topic}/{r.partition}@{r.offset}" for r in valid}
