@@ -331,5 +331,12 @@ def describe(settings: Settings) -> str:
         lines.append(f"Schema Registry {reg.url} ({auth}, timeout {reg.request_timeout_s:g}s, cache {reg.cache_size})")
     for r in settings.routes:
         fields = ", ".join(f.name for f in r.load_schema().fields)
-        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields})")
+        if r.kind == "interactions":
+            events = r.event_builder()
+            attributes = ", ".join(events.attributes)
+            fields = f"event attributes: {attributes}; properties: {fields or '-'}"
+            fields += f"; tracking_id {r.tracking_id}, sessionId else {r.session_id}, TIMESTAMP in {r.timestamp_unit}"
+        else:
+            fields = f"fields: {fields}"
+        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; {fields})")
     return "\n".join(lines)

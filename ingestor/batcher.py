@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ingestor.model import SourceRecord, TopicPartition
 
@@ -26,7 +27,7 @@ class Pending:
 
     source: SourceRecord
     record_id: str
-    request: dict[str, str]  # the API record: {"itemId": ..., "properties": "..."}
+    request: dict[str, Any]  # the API record: {"itemId": ..., "properties": "..."} or a PutEvents event
     epoch: int = 0  # the offset tracker's epoch of the record's partition when it was fetched
     first_attempt: float | None = None  # set by the sender: the start of the record's retry budget
 

@@ -23,8 +23,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ingestor.errors import ConfigError
+from ingestor.events import EventBuilder
 from ingestor.schema import DatasetKind, DatasetSchema
 
+# Personalize's default quotas: calls per second per dataset group.
+DEFAULT_RATE_LIMITS: dict[str, float] = {"PutItems": 10.0, "PutUsers": 10.0, "PutEvents": 1000.0}
 _ARN_RE = re.compile(r"^arn:[a-z\d-]+:personalize:[^:]*:[^:]*:dataset/(?P<group>[^/]+)/(?P<kind>[A-Z_]+)$")
 
 
@@ -123,7 +126,7 @@ class PersonalizeSettings(_Frozen):
     aws_access_key_id: SecretStr | None = None
     aws_secret_access_key: SecretStr | None = None
     rate_limits: dict[str, float] = Field(
-        default_factory=lambda: {"PutItems": 10.0, "PutUsers": 10.0, "PutEvents": 1000.0},
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
         description="calls per second per dataset group and API, shared by all replicas",
     )
     retry: RetrySettings = RetrySettings()
@@ -136,15 +139,21 @@ class PersonalizeSettings(_Frozen):
             raise ValueError(f"unknown API {sorted(unknown)}; use PutItems, PutUsers or PutEvents")
         if any(v <= 0 for v in value.values()):
             raise ValueError("rate limits must be positive calls per second")
-        return value
+        return {**DEFAULT_RATE_LIMITS, **value}  # an API left out keeps Personalize's quota, not a guess
 
 
 class Route(_Frozen):
     topic: str = Field(min_length=1)
-    kind: Literal["items", "users"]
+    kind: Literal["items", "users", "interactions"]
     dataset_arn: str
     schema_path: Path = Field(alias="schema")
     format: Literal["auto", "api", "flat", "debezium", "avro"] = "auto"
+    # interactions routes (PutEvents) only:
+    tracking_id: str | None = Field(None, min_length=1, max_length=256, description="the event tracker's id")
+    session_id: Literal["user_id", "key"] = Field(
+        "user_id", description="sessionId of an event whose record has no SESSION_ID: the user id or the Kafka key"
+    )
+    timestamp_unit: Literal["s", "ms", "us"] = Field("s", description="the unit of TIMESTAMP / sentAt numbers")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -153,8 +162,8 @@ class Route(_Frozen):
     def _arn_shape(cls, value: str) -> str:
         if not _ARN_RE.match(value):
             raise ValueError(
-                "expected arn:aws:personalize:REGION:ACCOUNT:dataset/DATASET_GROUP/ITEMS (or /USERS), got "
-                + repr(value)
+                "expected arn:aws:personalize:REGION:ACCOUNT:dataset/DATASET_GROUP/ITEMS "
+                "(or /USERS, /INTERACTIONS), got " + repr(value)
             )
         return value
 
@@ -163,8 +172,23 @@ class Route(_Frozen):
         # Fails at start-up, naming the file, if the schema is missing or not a Personalize schema.
         try:
             self.load_schema()
+            if self.kind == "interactions":
+                self.event_builder()
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+        return self
+
+    @model_validator(mode="after")
+    def _tracking_id_for_interactions(self) -> Route:
+        if self.kind == "interactions" and self.tracking_id is None:
+            raise ValueError(
+                "kind interactions sends PutEvents: set tracking_id to the event tracker's id "
+                "(aws personalize describe-event-tracker ... → trackingId)"
+            )
+        if self.kind != "interactions" and self.tracking_id is not None:
+            raise ValueError(f"tracking_id is for interactions routes only; this route is kind {self.kind}")
+        if self.kind == "interactions" and self.format == "avro":
+            raise ValueError("interactions routes read JSON values; format avro is for items and users routes")
         return self
 
     @property
@@ -179,10 +203,14 @@ class Route(_Frozen):
 
     @property
     def api(self) -> str:
-        return "PutItems" if self.kind == "items" else "PutUsers"
+        return {"items": "PutItems", "users": "PutUsers", "interactions": "PutEvents"}[self.kind]
 
     def load_schema(self) -> DatasetSchema:
         return DatasetSchema.load(self.schema_path, self.dataset_kind)
+
+    def event_builder(self) -> EventBuilder:
+        """Interactions routes: the schema compiled into the PutEvents event builder."""
+        return EventBuilder.load(self.schema_path, session_id=self.session_id, timestamp_unit=self.timestamp_unit)
 
 
 class BatchingSettings(_Frozen):
@@ -302,6 +330,19 @@ class Settings(BaseSettings):
                 f"routes {avro} have format avro, which needs a schema_registry section with its url "
                 "(or INGESTOR_SCHEMA_REGISTRY__URL)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _datasets_consistent(self) -> Settings:
+        # Routes feeding one dataset share its buffer and target: they must agree on what the dataset is.
+        seen: dict[str, Route] = {}
+        for r in self.routes:
+            first = seen.setdefault(r.dataset_arn, r)
+            if (first.kind, first.tracking_id) != (r.kind, r.tracking_id):
+                raise ValueError(
+                    f"routes {first.topic!r} and {r.topic!r} feed the same dataset {r.dataset_arn} "
+                    "with a different kind or tracking_id"
+                )
         return self
 
     @classmethod

@@ -1,9 +1,10 @@
 """``ingestor demo``: the whole system on one machine, with live progress and a proof at the end.
 
 It starts the embedded Kafka broker (Tansu) and the local Personalize Events endpoint, creates the topics, produces a
-realistic stream of item and user changes (some of them bad) at a steady rate, and runs the ingestor service on it,
-all in one event loop. Personalize's quotas are on by default (PutItems and PutUsers: 10 calls/s per dataset group,
-so at most 100 records/s each): the backlog drains as fast as the real service allows, helped by coalescing updates
+realistic stream of item and user changes and interaction events (some of them bad) at a steady rate, and runs the
+ingestor service on it, all in one event loop; config/ingestor.yaml's routes plus an interactions route (PutEvents).
+Personalize's quotas are on by default (PutItems and PutUsers: 10 calls/s per dataset group, so at most 100 records/s
+each; PutEvents 1000 calls/s): the backlog drains as fast as the real service allows, helped by coalescing updates
 of hot ids. Once every partition's committed offset reached the end of what was produced, the service is stopped as
 SIGTERM would, and the run is checked from the outside (see ``prove``): exit 0 when every check passes, 1 otherwise.
 Ctrl-C stops everything cleanly at any moment (exit 130).
@@ -41,11 +42,28 @@ from ingestor.kafka_tools import create_topics, read_topic
 from ingestor.logs import configure_logging
 from ingestor.model import TopicPartition
 from ingestor.progress import Display, Snapshot, gauge_value, metric_sum
-from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Event, Expectation, StreamSpec, generate, register_avro_schemas
+from ingestor.sample import (
+    EVENTS_TOPIC,
+    ITEMS_TOPIC,
+    USERS_TOPIC,
+    Event,
+    Expectation,
+    StreamSpec,
+    generate,
+    register_avro_schemas,
+)
 
 ITEM_IDS, USER_IDS = 500, 200
-PARTITIONS = {ITEMS_TOPIC: 3, USERS_TOPIC: 2}
-MAX_RECORDS_PER_CALL = 10  # PutItems / PutUsers
+EVENTS_SHARE = 0.2  # of the records: interaction events
+PARTITIONS = {ITEMS_TOPIC: 3, USERS_TOPIC: 2, EVENTS_TOPIC: 2}
+INTERACTIONS_ROUTE = {  # added to config/ingestor.yaml's routes (where it is commented out)
+    "topic": EVENTS_TOPIC,
+    "kind": "interactions",
+    "dataset_arn": "arn:aws:personalize:us-east-1:123456789012:dataset/shop/INTERACTIONS",
+    "tracking_id": "shop-tracking-id",  # config/emulator.yaml's event tracker
+    "schema": "schemas/interactions.avsc",
+}
+MAX_RECORDS_PER_CALL = 10  # PutItems / PutUsers / PutEvents
 UNLIMITED_CALLS_PER_S = 1000.0  # the ingestor's pacing with --no-quotas
 STALL_S = 60.0  # give up when nothing moved for this long (e.g. --fault-rate 1)
 DRAIN_BUDGET_S = 3.0  # on Ctrl-C: finish in-flight work for at most this long
@@ -91,9 +109,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     d = Options()
     parser.description = (
         "Runs the ingestor end to end on this machine: an embedded Kafka broker, a local Personalize endpoint with "
-        "Personalize's quotas, and a sample stream of item and user changes (some of them bad). Shows live progress, "
-        "then proves the outcome: the endpoint holds the latest valid event of every id and the dead-letter topic "
-        "exactly the bad records."
+        "Personalize's quotas, and a sample stream of item and user changes and interaction events (some of them bad). "
+        "Shows live progress, then proves the outcome: the endpoint holds the latest valid event of every id and every "
+        "valid interaction event, and the dead-letter topic exactly the bad records."
     )
     parser.epilog = (
         "Exit status: 0 every check passed, 1 a check failed or the demo could not run, 130 interrupted by Ctrl-C "
@@ -279,7 +297,13 @@ async def _demo(options: Options, run: Run) -> int:
 
 
 def _stream_spec(options: Options) -> StreamSpec:
-    return StreamSpec(items=ITEM_IDS, users=USER_IDS, bad_share=options.bad_share, seed=options.seed)
+    return StreamSpec(
+        items=ITEM_IDS,
+        users=USER_IDS,
+        bad_share=options.bad_share,
+        seed=options.seed,
+        events_share=0.0 if options.format == "avro" else EVENTS_SHARE,
+    )
 
 
 async def _stream(parts: Parts) -> tuple[list[Event], Expectation]:
@@ -328,6 +352,7 @@ def _emulator_config(options: Options, config_dir: Path) -> EmulatorConfig:
         quotas={"enabled": options.quotas},
         faults={"fail_rate": options.fault_rate, "throttle_rate": options.throttle_rate},
         seed=options.seed,
+        max_events_kept=max(10_000, options.records),  # the proof reads every event back
     )
 
 
@@ -373,16 +398,18 @@ def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str)
         },
         metrics={"host": "127.0.0.1", "port": options.metrics_port},
         shutdown={"drain_budget_s": DRAIN_BUDGET_S},
-        **_avro_settings(options, base, endpoint),
+        **_route_settings(options, base, config_dir, endpoint),
     )
 
 
-def _avro_settings(options: Options, base: Settings, endpoint: str) -> dict[str, Any]:
-    """With --format avro: every route reads Avro, writer schemas from the local endpoint's Schema Registry."""
-    if options.format != "avro":
-        return {}
-    routes = [{**r.model_dump(by_alias=True), "format": "avro"} for r in base.routes]
-    return {"routes": routes, "schema_registry": {"url": endpoint}}
+def _route_settings(options: Options, base: Settings, config_dir: Path, endpoint: str) -> dict[str, Any]:
+    """The example's item and user routes plus an interactions route; with --format avro every route reads Avro,
+    writer schemas from the local endpoint's Schema Registry (the Avro sample has no interaction events)."""
+    routes = [r.model_dump(by_alias=True) for r in base.routes]
+    if options.format == "avro":
+        return {"routes": [{**r, "format": "avro"} for r in routes], "schema_registry": {"url": endpoint}}
+    interactions = {**INTERACTIONS_ROUTE, "schema": str(config_dir / INTERACTIONS_ROUTE["schema"])}
+    return {"routes": [*routes, interactions]}
 
 
 async def _produce(parts: Parts, events: Sequence[Event]) -> None:
@@ -544,21 +571,22 @@ async def prove(parts: Parts, expect: Expectation, ingestor: Check) -> Proof:
     """Checks the run from the outside, against what the generated stream says must happen:
 
     * for items and users, the endpoint's final state equals the latest valid event of every id, and nothing else;
+    * for interactions, the endpoint received every valid event exactly once, and nothing else;
     * the dead-letter topic holds exactly the bad records, byte for byte (no more, no fewer);
-    * no call carried more than 10 records (the PutItems/PutUsers limit);
+    * no call carried more than 10 records (the PutItems/PutUsers/PutEvents limit);
     * the ingestor caught up and stopped cleanly (``ingestor``, decided by the caller).
     """
     checks = []
     for route in parts.settings.routes:
-        wrong = expect.mismatches(route.topic, await parts.emulator.client.records(route.dataset_arn))
-        ids = len(expect.latest.get(route.topic, {}))
-        checks.append(
-            Check(
-                not wrong,
-                f"{route.kind}: the endpoint holds the latest valid event of all {ids} ids",
-                (*wrong[:5], *([f"... {len(wrong) - 5} more"] if len(wrong) > 5 else [])),
-            )
-        )
+        if route.kind == "interactions":
+            wrong = expect.event_mismatches(route.topic, await parts.emulator.client.events(route.dataset_arn))
+            text = f"{route.kind}: the endpoint received each of the {len(expect.events.get(route.topic, []))} valid "
+            text += "events once"
+        else:
+            wrong = expect.mismatches(route.topic, await parts.emulator.client.records(route.dataset_arn))
+            ids = len(expect.latest.get(route.topic, {}))
+            text = f"{route.kind}: the endpoint holds the latest valid event of all {ids} ids"
+        checks.append(Check(not wrong, text, (*wrong[:5], *([f"... {len(wrong) - 5} more"] if len(wrong) > 5 else []))))
     want = Counter(e.value for e in expect.invalid)
     dead = await _read_dead_letters(parts, len(expect.invalid))
     got = Counter(r.value for r in dead)
@@ -596,15 +624,19 @@ async def _read_dead_letters(parts: Parts, expected: int) -> list[Any]:
 def _print_intro(parts: Parts, expect: Expectation) -> None:
     o = parts.options
     ids = sum(len(by_id) for by_id in expect.latest.values())
+    interactions = sum(len(events) for events in expect.events.values())
     rate = f"{o.rate:g} records/s" if o.rate > 0 else "full speed"
     if o.quotas:
-        quotas = "Personalize quotas ON: PutItems and PutUsers 10 calls/s each (≤ 100 records/s per API)"
+        quotas = (
+            "Personalize quotas ON: PutItems and PutUsers 10 calls/s each (≤ 100 records/s per API), PutEvents 1000"
+        )
     else:
         quotas = "quotas OFF (--no-quotas)"
     chaos = f"; chaos: {o.fault_rate:g} 5xx, {o.throttle_rate:g} throttled" if o.fault_rate or o.throttle_rate else ""
     fmt = "; Avro values (Confluent wire format)" if o.format == "avro" else ""
     print(
-        f"ingestor demo: {o.records} records ({len(expect.invalid)} bad) on {ids} ids at {rate}; {quotas}{chaos}{fmt}"
+        f"ingestor demo: {o.records} records ({len(expect.invalid)} bad) on {ids} ids and {interactions} interaction "
+        f"events at {rate}; {quotas}{chaos}{fmt}"
     )
     registry = f" (+ Schema Registry at {parts.emulator.url})" if o.format == "avro" else ""
     print(

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 from ingestor.avro import AvroDecoder
 from ingestor.batcher import DatasetBuffer, Pending
-from ingestor.config import Route, Settings
+from ingestor.config import DEFAULT_RATE_LIMITS, Route, Settings
 from ingestor.deadletter import DeadLetterQueue, Producer
 from ingestor.errors import DeliveryError, FatalRouteError, RecordError
+from ingestor.event_buffer import EventBuffer
+from ingestor.events import EventBuilder, decode_event
 from ingestor.hold import HeldRecords
 from ingestor.metrics import Metrics
 from ingestor.model import Op, SourceRecord, TopicPartition
@@ -36,7 +38,7 @@ class Dataset:
     """Everything one dataset ARN needs; routes (topics) feeding the same dataset share it."""
 
     target: Target
-    buffer: DatasetBuffer
+    buffer: DatasetBuffer | EventBuffer
     limiter: RateLimiter
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     fatal: FatalRouteError | None = None
@@ -49,6 +51,7 @@ class _Topic:
     route: Route
     schema: DatasetSchema
     dataset: Dataset
+    events: EventBuilder | None = None  # interactions routes: record → PutEvents event
 
 
 class Pipeline:
@@ -81,16 +84,19 @@ class Pipeline:
         for route in settings.routes:
             key = (route.dataset_group, route.api)
             if key not in limiters:
-                limiters[key] = RateLimiter(settings.personalize.rate_limits.get(route.api, 10.0))
+                limiters[key] = RateLimiter(
+                    settings.personalize.rate_limits.get(route.api, DEFAULT_RATE_LIMITS[route.api])
+                )
             self.limiter_topics.setdefault(key, []).append(route.topic)
             ds = datasets.get(route.dataset_arn)
             if ds is None:
                 ds = datasets[route.dataset_arn] = Dataset(
-                    Target(route.api, route.dataset_arn),
-                    DatasetBuffer(settings.batching.max_records, settings.batching.linger_ms / 1000),
+                    Target(route.api, route.dataset_arn, route.tracking_id),
+                    _buffer(route, settings),
                     limiters[key],
                 )
-            self._topics[route.topic] = _Topic(route, route.load_schema(), ds)
+            events = route.event_builder() if route.kind == "interactions" else None
+            self._topics[route.topic] = _Topic(route, route.load_schema(), ds, events)
         self.limiters = limiters
         self.datasets = list(datasets.values())
         self._slots = asyncio.Semaphore(settings.personalize.max_in_flight)
@@ -157,6 +163,9 @@ class Pipeline:
     def _process(self, rec: SourceRecord, epoch: int) -> bool:
         """Decode → validate → buffer (or DLQ). False when the record must wait for its writer schema."""
         topic = self._topics[rec.topic]
+        if topic.events is not None:
+            self._ingest_event(rec, topic, topic.events, epoch)
+            return True
         arn = topic.dataset.target.dataset_arn
         try:
             change = self._decode(rec, topic.schema.kind, topic.route.format)
@@ -193,6 +202,28 @@ class Pipeline:
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
         return True
+
+    def _ingest_event(self, rec: SourceRecord, topic: _Topic, builder: EventBuilder, epoch: int) -> None:
+        """Interactions: decode → build the PutEvents event → buffer. Every event counts (nothing coalesces)."""
+        arn = topic.dataset.target.dataset_arn
+        try:
+            change = decode_event(rec, topic.route.format)
+            if change.op is Op.DELETE:
+                self.metrics.records_skipped.labels("delete").inc()  # PutEvents cannot remove an event
+                self.tracker.done(rec.tp, rec.offset, epoch)
+                return
+            pending = builder.build(rec, change, epoch)
+        except RecordError as exc:
+            reason = str(exc) if str(exc).startswith(rec.where) else f"{rec.where}: {exc}"
+            self._dead_letter(rec, epoch, exc.stage, reason, type(exc).__name__, arn)
+            return
+        except Exception as exc:  # a poison record must never block: DLQ it, loudly
+            log.exception("unexpected error decoding or validating event %s", rec.where)
+            reason = f"{rec.where}: {type(exc).__name__}: {exc}"
+            self._dead_letter(rec, epoch, "validate", reason, type(exc).__name__, arn)
+            return
+        topic.dataset.buffer.add(pending, self._clock())
+        topic.dataset.wake.set()
 
     def _dead_letter(
         self, rec: SourceRecord, epoch: int, stage: str, reason: str, error_class: str, arn: str | None
@@ -359,3 +390,11 @@ class Pipeline:
         await self.schemas.aclose()
         if self._registry_owned is not None:
             await self._registry_owned.close()
+
+
+def _buffer(route: Route, settings: Settings) -> DatasetBuffer | EventBuffer:
+    """Items and users coalesce by id (latest wins); interactions keep every event."""
+    linger_s = settings.batching.linger_ms / 1000
+    if route.kind == "interactions":
+        return EventBuffer(settings.batching.max_records, linger_s)
+    return DatasetBuffer(settings.batching.max_records, linger_s)

@@ -1,4 +1,5 @@
-"""A realistic change stream of items and users for the demo, the tests and the benchmarks.
+"""A realistic change stream of items and users (and, when asked, interaction events) for the demo, the tests and the
+benchmarks.
 
 Every generated event knows whether it is valid, so a run can be checked from the outside: the endpoint's final
 state must equal the last valid event per id, and the dead-letter topic must hold exactly the invalid ones.
@@ -8,12 +9,14 @@ With ``StreamSpec.avro`` (see ``register_avro_schemas``) the values are Avro in 
 plain rows of two schema versions (v2 adds an optional column), and Debezium envelopes with Avro keys, decimals and
 timestamps in microseconds; the bad ones are garbage after the magic byte, an unknown schema id, an extra column
 and a missing required one.
+Interaction events (``StreamSpec.events_share``, off by default) each count: a correct run delivers every valid one.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,6 +26,9 @@ from ingestor.schema import camel_case
 
 ITEMS_TOPIC = "catalog.items"
 USERS_TOPIC = "crm.users"
+EVENTS_TOPIC = "shop.events"
+EVENT_TYPES = ["view", "click", "add-to-cart", "purchase"]
+DEVICES = ["ios", "android", "web"]
 GENRES = ["action", "comedy", "drama", "horror", "romance", "sci-fi", "documentary", "kids"]
 MEMBERSHIPS = ["free", "silver", "gold", "platinum"]
 
@@ -49,6 +55,7 @@ class StreamSpec:
     bad_share: float = 0.03
     seed: int = 7
     avro: AvroSchemas | None = None  # set: every value is Avro (Confluent wire format) with these writer schemas
+    events_share: float = 0.0  # share of interaction events (EVENTS_TOPIC); 0 leaves the item/user stream unchanged
 
 
 def _item(rng: random.Random, item_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -129,7 +136,10 @@ def generate(count: int, spec: StreamSpec | None = None) -> Iterator[Event]:
     rng = random.Random(spec.seed)
     hot_items = [f"item-{i}" for i in range(min(5, spec.items))]
     hot_users = [f"user-{i}" for i in range(min(3, spec.users))]
-    for _ in range(count):
+    for n in range(count):
+        if spec.events_share and rng.random() < spec.events_share:
+            yield _interaction(rng, spec, n)
+            continue
         is_item = rng.random() < 0.65
         topic = ITEMS_TOPIC if is_item else USERS_TOPIC
         hot = rng.random() < spec.hot_share
@@ -158,16 +168,55 @@ def generate(count: int, spec: StreamSpec | None = None) -> Iterator[Event]:
         yield Event(topic, record_id.encode(), value, record_id, expected)
 
 
+def _interaction(rng: random.Random, spec: StreamSpec, n: int) -> Event:
+    """One interaction event, keyed by its user; ``expected`` is what the endpoint stores (bar ids and seq)."""
+    user_id = f"user-{rng.randrange(spec.users)}"
+    item_id = f"item-{rng.randrange(spec.items)}"
+    event_type, sent_at = rng.choice(EVENT_TYPES), 1_700_000_000 + n
+    row: dict[str, Any] = {"USER_ID": user_id, "ITEM_ID": item_id, "EVENT_TYPE": event_type, "TIMESTAMP": sent_at}
+    expected: dict[str, Any] = {"userId": user_id, "itemId": item_id, "eventType": event_type, "sentAt": sent_at}
+    if event_type == "purchase":
+        row["EVENT_VALUE"] = expected["eventValue"] = float(rng.randint(1, 200))
+    if rng.random() < 0.5:
+        row["DEVICE"] = rng.choice(DEVICES)
+        expected["properties"] = {"device": row["DEVICE"]}
+    if rng.random() < spec.bad_share:
+        bad = rng.randrange(3)
+        if bad == 0:
+            del row["TIMESTAMP"]
+            return Event(EVENTS_TOPIC, user_id.encode(), json.dumps(row).encode(), user_id, None, "TIMESTAMP missing")
+        if bad == 1:
+            row["COLOR"] = "red"
+            return Event(EVENTS_TOPIC, user_id.encode(), json.dumps(row).encode(), user_id, None, "unknown field")
+        return Event(EVENTS_TOPIC, user_id.encode(), b'{"USER_ID": ', user_id, None, "not valid JSON")
+    roll = rng.random()
+    if roll < 0.5:
+        value: dict[str, Any] = row
+    elif roll < 0.8:
+        event = {"eventType": event_type, "sentAt": sent_at, "itemId": item_id}
+        if "EVENT_VALUE" in row:
+            event["eventValue"] = row["EVENT_VALUE"]
+        if "DEVICE" in row:
+            event["properties"] = json.dumps({"device": row["DEVICE"]})
+        value = {"userId": user_id, "sessionId": user_id, "eventList": [event]}
+    else:
+        value = {"before": None, "after": row, "op": "c", "ts_ms": 1_700_000_000_000}
+    return Event(EVENTS_TOPIC, user_id.encode(), json.dumps(value, separators=(",", ":")).encode(), user_id, expected)
+
+
 @dataclass
 class Expectation:
     """What a correct run leaves behind: the last valid event per (topic, id), and the invalid events."""
 
     latest: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # topic → id → properties
     invalid: list[Event] = field(default_factory=list)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # interactions: topic → every valid event
 
     def add(self, event: Event) -> None:
         if event.expected is None:
             self.invalid.append(event)
+        elif event.topic == EVENTS_TOPIC:
+            self.events.setdefault(event.topic, []).append(event.expected)
         else:
             self.latest.setdefault(event.topic, {})[event.record_id] = event.expected
 
@@ -182,6 +231,14 @@ class Expectation:
             if rid in actual and not _same(actual[rid], props)
         ]
         return out
+
+    def event_mismatches(self, topic: str, stored: list[dict[str, Any]]) -> list[str]:
+        """Interactions: every valid event stored exactly once (compared without ids, seq and context)."""
+        keys = ("userId", "itemId", "eventType", "sentAt", "eventValue", "properties")
+        want = Counter(json.dumps(e, sort_keys=True) for e in self.events.get(topic, []))
+        got = Counter(json.dumps({k: e[k] for k in keys if k in e}, sort_keys=True) for e in stored)
+        missing, extra = want - got, got - want
+        return [f"missing {e}" for e in missing.elements()] + [f"unexpected {e}" for e in extra.elements()]
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

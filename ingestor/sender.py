@@ -14,6 +14,7 @@ Layers, from the inside out:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from tenacity.stop import stop_base
 from ingestor.batcher import Pending
 from ingestor.config import RetrySettings
 from ingestor.errors import DeliveryError, FatalRouteError
+from ingestor.events import PendingEvent
 from ingestor.metrics import Metrics
 from ingestor.ratelimit import RateLimiter
 
@@ -68,14 +70,16 @@ class ThrottledError(DeliveryError):
 class PersonalizeClient(Protocol):
     async def put_items(self, **kwargs: Any) -> Any: ...
     async def put_users(self, **kwargs: Any) -> Any: ...
+    async def put_events(self, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where a dataset's batches go."""
 
-    api: str  # PutItems | PutUsers
+    api: str  # PutItems | PutUsers | PutEvents
     dataset_arn: str
+    tracking_id: str | None = None  # PutEvents: the event tracker's id
 
     @property
     def list_key(self) -> str:
@@ -195,8 +199,7 @@ class Sender:
     async def _call(self, target: Target, batch: list[Pending]) -> None:
         """One API call; maps foreign exceptions to ours at this boundary."""
         m = self._metrics
-        method = self._client.put_items if target.api == "PutItems" else self._client.put_users
-        kwargs = {"datasetArn": target.dataset_arn, target.list_key: [p.request for p in batch]}
+        method, kwargs = _request(self._client, target, batch)
         m.in_flight.inc()
         start = self._clock()
         outcome = "ok"
@@ -231,11 +234,36 @@ class Sender:
             m.records_per_call.labels(target.api).observe(len(batch))
 
 
+def _request(
+    client: PersonalizeClient, target: Target, batch: list[Pending]
+) -> tuple[Callable[..., Awaitable[Any]], dict[str, Any]]:
+    """The client method and its arguments for one call."""
+    if target.api == "PutEvents":
+        first = batch[0]
+        assert isinstance(first, PendingEvent), "PutEvents batches hold PendingEvent records"
+        kwargs = {
+            "trackingId": target.tracking_id,
+            "userId": first.record_id,
+            "sessionId": first.session_id,
+            # sentAt as an aware datetime: botocore would parse an int through dateutil twice per event
+            "eventList": [{**p.request, "sentAt": _utc(p.request["sentAt"])} for p in batch],
+        }
+        return client.put_events, kwargs
+    method = client.put_items if target.api == "PutItems" else client.put_users
+    return method, {"datasetArn": target.dataset_arn, target.list_key: [p.request for p in batch]}
+
+
+def _utc(epoch_s: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC)
+
+
 def _fatal_hint(target: Target, code: str, message: str) -> str:
-    if code == "ResourceNotFoundException":
+    if code == "ResourceNotFoundException" and target.api == "PutEvents":
+        what = "check the event tracker's id (routes[].tracking_id) and the region (personalize.region)"
+    elif code == "ResourceNotFoundException":
         what = "check that the dataset exists in this account and region (routes[].dataset_arn, personalize.region)"
     elif code == "NoCredentials":
         what = "no AWS credentials were found: use IRSA on Kubernetes or the standard AWS environment variables"
     else:
-        what = "check the credentials and that their IAM policy allows personalize:PutItems/PutUsers on this dataset"
+        what = f"check the credentials and that their IAM policy allows personalize:{target.api} on this dataset"
     return f"{target.api} on {target.dataset_arn} failed with {code}: {message} — {what}"

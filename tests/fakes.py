@@ -30,6 +30,8 @@ class FakePersonalize:
     in_flight: int = 0
     max_in_flight: int = 0
     on_call: Callable[[str, list[dict[str, str]]], None] | None = None
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # PutEvents: tracking id → events
+    put_events_calls: list[dict[str, Any]] = field(default_factory=list)  # PutEvents: each call's context
 
     async def put_items(self, *, datasetArn: str, items: list[dict[str, str]]) -> dict[str, Any]:
         return await self._put(datasetArn, items, "itemId")
@@ -37,7 +39,17 @@ class FakePersonalize:
     async def put_users(self, *, datasetArn: str, users: list[dict[str, str]]) -> dict[str, Any]:
         return await self._put(datasetArn, users, "userId")
 
-    async def _put(self, arn: str, records: list[dict[str, str]], key: str) -> dict[str, Any]:
+    async def put_events(
+        self, *, trackingId: str, sessionId: str, eventList: list[dict[str, Any]], userId: str | None = None
+    ) -> dict[str, Any]:
+        """Events are appended to ``events[trackingId]`` with userId and sessionId; ``bad_ids`` rejects eventIds."""
+        context = {"trackingId": trackingId, "userId": userId, "sessionId": sessionId}
+        self.put_events_calls.append(context)
+        return await self._put(trackingId, eventList, "eventId", context=context)
+
+    async def _put(
+        self, arn: str, records: list[dict[str, Any]], key: str, *, context: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -53,6 +65,9 @@ class FakePersonalize:
             bad = [r[key] for r in records if r[key] in self.bad_ids or (self.rejects and self.rejects(r))]
             if bad:
                 raise client_error("InvalidInputException", message=f"{len(bad)} records do not match the schema")
+            if context is not None:
+                self.events.setdefault(arn, []).extend({**context, **r} for r in records)
+                return {}
             for r in records:
                 self.state.setdefault(arn, {})[r[key]] = r.get("properties", "")
             return {}

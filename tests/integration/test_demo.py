@@ -28,7 +28,8 @@ async def test_a_small_run_with_quotas_proves_itself(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert code == 0, out
     assert "ALL CHECKS PASSED" in out
-    assert out.count("[PASS]") == 5 and "[FAIL]" not in out
+    assert out.count("[PASS]") == 6 and "[FAIL]" not in out
+    assert "[PASS] interactions: the endpoint received each of the" in out
     assert re.search(r"dead-letter +\d+ records by stage: ", out)
     assert "max 10" in out
 
@@ -73,7 +74,7 @@ async def test_an_outcome_other_than_expected_fails_the_proof(
     assert code == 1, out
     assert "SOME CHECKS FAILED" in out
     assert re.search(rf"\[FAIL\] items: .*\n +{lied_about[0]}: has ", out)
-    assert out.count("[PASS]") == 4
+    assert out.count("[PASS]") == 5
 
 
 def test_help_documents_every_option() -> None:

@@ -14,6 +14,7 @@ from ingestor.config import Settings
 from ingestor.errors import ConfigError
 
 CONFIG = Path(__file__).parents[2] / "config"
+ITEMS = "arn:aws:personalize:us-east-1:1:dataset/shop/ITEMS"
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_settings_are_frozen(config_copy: Path) -> None:
     ("edit", "fragments"),
     [
         (("max_records: 10", "max_records: 11"), ["batching.max_records", "INGESTOR_BATCHING__MAX_RECORDS"]),
-        (("kind: items ", "kind: movies "), ["routes.0.kind", "'items' or 'users'"]),
+        (("kind: items ", "kind: movies "), ["routes.0.kind", "'items', 'users' or 'interactions'"]),
         (("dataset/shop/ITEMS", "datasets/shop"), ["routes.0.dataset_arn", "dataset/DATASET_GROUP"]),
         (("schemas/items.avsc", "schemas/missing.avsc"), ["routes.0", "missing.avsc", "cannot be read"]),
         (("linger_ms: 50", "linger_ms: 50\n  surprise: 1"), ["batching.surprise", "Extra inputs"]),
@@ -117,7 +118,7 @@ def _load_error(**overrides: object) -> str:
 @pytest.mark.parametrize(
     ("bad", "fragment"),
     [
-        ({"kind": "movies"}, "routes.0.kind: Input should be 'items' or 'users'"),
+        ({"kind": "movies"}, "routes.0.kind: Input should be 'items', 'users' or 'interactions'"),
         ({"schema": "/nowhere/items.avsc"}, "routes.0: schema file /nowhere/items.avsc: cannot be read"),
         ({"topic": ""}, "routes.0.topic: String should have at least 1 character"),
     ],
@@ -148,7 +149,7 @@ def test_the_hint_for_a_route_setting_says_routes_are_overridden_as_json(config_
 def test_a_bad_route_from_the_environment_gets_the_same_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INGESTOR_ROUTES", json.dumps([{**ITEMS_ROUTE, "kind": "movies"}]))
     message = _load_error()
-    assert "routes.0.kind: Input should be 'items' or 'users'" in message
+    assert "routes.0.kind: Input should be 'items', 'users' or 'interactions'" in message
     assert "override the whole list as JSON in INGESTOR_ROUTES" in message
     assert "at least 1 item" not in message
 
@@ -167,3 +168,69 @@ def test_a_schema_without_its_id_field(tmp_path: Path, kind: str, article: str) 
     message = _load_error(routes=[{**ITEMS_ROUTE, "kind": kind, "dataset_arn": arn, "schema": str(schema)}])
     id_field = "ITEM_ID" if kind == "items" else "USER_ID"
     assert f"{article} schema needs the field {id_field}" in message
+
+
+def test_the_commented_interactions_route_of_the_example_loads(config_copy: Path) -> None:
+    text = config_copy.read_text()
+    start = text.index("  # - topic: shop.events")
+    block = text[start:].split("batching:", 1)[0]
+    config_copy.write_text(text.replace(block, block.replace("  # ", "  ", 1).replace("\n  #   ", "\n    ")))
+    route = Settings.load(config_copy).routes[-1]
+    assert (route.kind, route.api, route.tracking_id, route.session_id) == (
+        "interactions",
+        "PutEvents",
+        "shop-tracking-id",
+        "user_id",
+    )
+    assert set(route.event_builder().attributes) == {"ITEM_ID", "EVENT_TYPE", "EVENT_VALUE", "TIMESTAMP"}
+
+
+@pytest.mark.parametrize(
+    ("route", "fragment"),
+    [
+        ({"kind": "interactions"}, "set tracking_id to the event tracker's id"),
+        ({"kind": "items", "tracking_id": "t"}, "tracking_id is for interactions routes only"),
+    ],
+)
+def test_tracking_id_goes_with_interactions_routes(route: dict[str, str], fragment: str) -> None:
+    schema = CONFIG / ("schemas/interactions.avsc" if route["kind"] == "interactions" else "schemas/items.avsc")
+    arn = "arn:aws:personalize:us-east-1:1:dataset/shop/" + route["kind"].upper()
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.load(None, routes=[{"topic": "t", "dataset_arn": arn, "schema": str(schema), **route}])
+
+
+def test_an_api_left_out_of_rate_limits_keeps_personalizes_quota() -> None:
+    s = Settings.load(
+        None,
+        personalize={"rate_limits": {"PutItems": 5}},
+        routes=[{"topic": "t", "kind": "items", "dataset_arn": ITEMS, "schema": str(CONFIG / "schemas/items.avsc")}],
+    )
+    assert s.personalize.rate_limits == {"PutItems": 5, "PutUsers": 10, "PutEvents": 1000}
+
+
+def test_check_config_describes_an_interactions_route() -> None:
+    from ingestor.app import describe
+
+    route = {
+        "topic": "shop.events",
+        "kind": "interactions",
+        "dataset_arn": "arn:aws:personalize:us-east-1:1:dataset/shop/INTERACTIONS",
+        "tracking_id": "tid",
+        "schema": str(CONFIG / "schemas/interactions.avsc"),
+        "timestamp_unit": "ms",
+    }
+    text = describe(Settings.load(None, routes=[route]))
+    assert "shop.events → PutEvents" in text and "tracking_id tid" in text and "TIMESTAMP in ms" in text
+
+
+def test_an_interactions_route_does_not_take_avro() -> None:
+    route = {
+        "topic": "shop.events",
+        "kind": "interactions",
+        "dataset_arn": "arn:aws:personalize:us-east-1:1:dataset/shop/INTERACTIONS",
+        "tracking_id": "tid",
+        "schema": str(CONFIG / "schemas/interactions.avsc"),
+        "format": "avro",
+    }
+    with pytest.raises(ConfigError, match="interactions routes read JSON values"):
+        Settings.load(None, routes=[route], schema_registry={"url": "http://127.0.0.1:1"})

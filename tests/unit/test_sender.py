@@ -7,6 +7,7 @@ import pytest
 from ingestor.batcher import Pending
 from ingestor.config import RetrySettings
 from ingestor.errors import DeliveryError, FatalRouteError
+from ingestor.events import PendingEvent
 from ingestor.metrics import Metrics
 from ingestor.model import SourceRecord
 from ingestor.ratelimit import RateLimiter
@@ -69,3 +70,52 @@ async def test_connection_errors_are_retried() -> None:
     client = FakePersonalize(fail_next=[ConnectionResetError("reset"), TimeoutError()])
     outcome = await sender(client).send(TARGET, batch(2), RateLimiter(1000))
     assert len(outcome.accepted) == 2 and len(client.calls) == 3
+
+
+# ---------------------------------------------------------------------- PutEvents
+
+EVENTS_TARGET = Target("PutEvents", "arn:aws:personalize:us-east-1:1:dataset/g/INTERACTIONS", "track-1")
+
+
+def events(n: int, user: str = "u1", session: str = "s1") -> list[Pending]:
+    return [
+        PendingEvent(
+            SourceRecord("ev", 0, i, None, b"{}"),
+            user,
+            {"eventId": f"e{i}", "eventType": "click", "sentAt": 1_700_000_000},
+            session_id=session,
+        )
+        for i in range(n)
+    ]
+
+
+async def test_putevents_carries_tracking_user_and_session_ids() -> None:
+    client = FakePersonalize()
+    outcome = await sender(client).send(EVENTS_TARGET, events(3), RateLimiter(1000))
+    assert len(outcome.accepted) == 3
+    assert client.put_events_calls == [{"trackingId": "track-1", "userId": "u1", "sessionId": "s1"}]
+    assert [e["eventId"] for e in client.events["track-1"]] == ["e0", "e1", "e2"]
+
+
+async def test_putevents_rejections_are_bisected_to_the_bad_events() -> None:
+    client = FakePersonalize(bad_ids={"e3"})
+    outcome = await sender(client).send(EVENTS_TARGET, events(8), RateLimiter(1000))
+    assert [p.request["eventId"] for p, _ in outcome.rejected] == ["e3"]
+    assert "InvalidInputException" in outcome.rejected[0][1]
+    assert sorted(e["eventId"] for e in client.events["track-1"]) == [f"e{i}" for i in range(8) if i != 3]
+    assert all(c["sessionId"] == "s1" for c in client.put_events_calls)  # every half keeps the session
+
+
+async def test_putevents_unknown_tracking_id_is_fatal_and_names_the_setting() -> None:
+    client = FakePersonalize(fail_next=[client_error("ResourceNotFoundException")])
+    with pytest.raises(FatalRouteError, match=r"routes\[\]\.tracking_id"):
+        await sender(client).send(EVENTS_TARGET, events(1), RateLimiter(1000))
+
+
+async def test_putevents_throttling_is_retried_with_the_same_event_ids() -> None:
+    client = FakePersonalize(fail_next=[client_error("ThrottlingException"), client_error("ServiceUnavailable", 503)])
+    limiter = RateLimiter(1000)
+    outcome = await sender(client).send(EVENTS_TARGET, events(2), limiter)
+    assert len(outcome.accepted) == 2 and len(client.calls) == 3
+    assert {tuple(e["eventId"] for e in records) for _, records in client.calls} == {("e0", "e1")}
+    assert limiter.rate < 1000  # the throttle slowed the limiter down
