@@ -2,21 +2,64 @@
 
 Personalize's quotas (PutItems 10/s, PutUsers 10/s, PutEvents 1000/s) hold per dataset group and are shared by every
 replica, so each replica gets a share of the configured rate; the share is set by ``set_share`` on every rebalance.
-On ``ThrottlingException`` the rate backs off multiplicatively and creeps back additively (AIMD), which finds a quota
-that is lower than configured; near the rate that was last throttled it creeps back ten times slower.
+
+``ThrottlingException`` has two causes that call for opposite answers. *Congestion*: we send faster than the real
+quota (lower than configured, or shared with another writer), and the throttled share falls when we slow down.
+*Loss*: throttles that do not depend on our rate (the service shedding load, another writer's bursts); slowing down
+does not lower their share and only loses throughput. Cutting the rate on every throttle, as plain AIMD does, sinks to
+the floor under 20 % random throttling. So the limiter judges windows of calls, not single calls:
+
+* one decision per window of ``window_calls`` outcomes (throttled or succeeded; 5xx and timeouts are neither), or
+  earlier when the window is already clearly congested;
+* a window is congested when it holds more throttles than the estimated loss share explains, beyond chance (a
+  binomial test). The rate then drops in proportion to the excess share, ``rate × (1 - excess)``, and a little under:
+  about where a token-bucket quota stops throttling. That rate is remembered as the ceiling;
+* the window after a decrease is the experiment. If its throttled share fell at least half-way to the loss share,
+  the decrease stays (congestion). If not, the rate drops once more (the first window may have caught a quota still
+  spending its burst); if that second decrease did not help either, the throttles are loss: the rate goes back to where
+  it was before the first decrease, and the loss share is learnt from the two windows;
+* a clean window raises the rate by 10 % of the full rate, but by only 1 % within ±10 % of the ceiling, so a quota
+  lower than configured is probed gently; a learnt loss share follows clean windows (a moving average), back to zero
+  when the loss stops.
+
+Simulated with a token bucket (``tests/unit/test_ratelimit.py``) and measured against the local endpoint
+(``bench/bench_quota.py``): the configured rate is kept under 20 % random throttling, a quota at 7/s behind 10/s
+configured is found (≈ 99 % of it, ≈ 1 % throttled), and a quota equal to the configured rate is never throttled.
 
 Calls are paced evenly (one every ``1 / rate`` seconds, no burst), so replicas sharing a quota never overflow its
 window together. The pacer is a few lines of our own: the leaky-bucket libraries fix their rate at construction, and
-rebuilding one on every AIMD step would forget when the last call went out and let a burst through.
+rebuilding one on every rate change would forget when the last call went out and let a burst through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 _MIN_RATE = 0.1  # calls/s: never stop entirely
+_MIN_FACTOR = 0.01  # of the share's rate
+_MARGIN = 0.98  # a decrease lands this much under the rate the window says the quota allows
+_FAST_STEP, _SLOW_STEP = 0.1, 0.01  # increase per clean window, as a fraction of the share's rate
+_NEAR_CEILING = 0.1  # the slow zone: ±10 % around the ceiling
+_LOSS_SMOOTHING = 0.2  # weight of a clean window in the loss share's moving average
+_Z, _Z_EARLY = 3.0, 4.5  # significance of a congested window: at its end, and before it is full
+_EARLY_CALLS = 10  # a window may close early from this many outcomes on
+_MIN_VARIANCE_SHARE = 0.01  # the binomial test's variance never assumes less than 1 % loss
+_TRIAL_DEPTH = 2  # decreases that must fail before throttling is called loss
+_LOSS_FORGOTTEN = 0.005  # a loss share below this is taken as none
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    """A decrease under test: the window that caused it and the state to go back to if it did not help."""
+
+    throttled_share: float  # of the window that led to the latest decrease
+    factor: float  # before the first decrease of the experiment
+    ceiling: float
+    depth: int  # decreases so far
 
 
 class RateLimiter:
@@ -24,17 +67,21 @@ class RateLimiter:
         self,
         rate: float,
         *,
-        backoff: float = 0.7,
-        recovery_per_call: float = 0.02,
+        window_calls: int = 40,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if window_calls < _EARLY_CALLS:
+            raise ValueError(f"window_calls must be at least {_EARLY_CALLS}, got {window_calls}")
         self.configured = rate
         self._share = 1.0
-        self._factor = 1.0  # AIMD factor in (0, 1]
-        self._ceiling = 1.0  # the factor at the last throttle: recovery slows down as it gets near
-        self._backoff = backoff
-        self._recovery = recovery_per_call
+        self._factor = 1.0  # of the share's rate, in (0, 1]
+        self._ceiling = 1.0  # the factor the last confirmed congestion pointed at
+        self._loss = 0.0  # estimated share of throttles that do not depend on our rate
+        self._window = window_calls
+        self._calls = 0  # outcomes in the current window
+        self._throttles = 0
+        self._trial: _Trial | None = None
         self._clock = clock
         self._sleep = sleep
         self._last = float("-inf")  # when the last call went out
@@ -44,9 +91,14 @@ class RateLimiter:
     def rate(self) -> float:
         return max(_MIN_RATE, self.configured * self._share * self._factor)
 
+    @property
+    def loss_share(self) -> float:
+        """The estimated share of calls throttled whatever our rate (0 when all throttling is congestion)."""
+        return self._loss
+
     async def acquire(self) -> None:
-        """Wait for this caller's turn: ``1 / rate`` after the previous call, at the rate in force now (a throttle
-        signalled while waiting lengthens the wait at once)."""
+        """Wait for this caller's turn: ``1 / rate`` after the previous call, at the rate in force now (a decrease
+        decided while waiting lengthens the wait at once)."""
         async with self._lock:
             while (wait := self._last + 1.0 / self.rate - self._clock()) > 0:
                 await self._sleep(wait)
@@ -57,12 +109,53 @@ class RateLimiter:
         self._share = min(1.0, max(0.01, share))
 
     def throttled(self) -> None:
-        """The service said we are over its quota: slow down now (multiplicative decrease)."""
-        self._ceiling = self._factor
-        self._factor = max(0.05, self._factor * self._backoff)
+        """The service said we are over its quota (``ThrottlingException``)."""
+        self._outcome(throttled=True)
 
     def succeeded(self) -> None:
-        """A call went through: creep back towards the configured rate (additive increase), fast up to 90 % of the
-        rate that was last throttled, then ten times slower, so a quota lower than configured is probed gently."""
-        step = self._recovery if self._factor < 0.9 * self._ceiling else self._recovery / 10
-        self._factor = min(1.0, self._factor + step)
+        """A call went through. (Other failures, 5xx or timeouts, say nothing about the quota: report neither.)"""
+        self._outcome(throttled=False)
+
+    # ------------------------------------------------------------------ the window
+
+    def _outcome(self, *, throttled: bool) -> None:
+        self._calls += 1
+        self._throttles += throttled
+        n = self._calls
+        early = self._trial is None and n >= _EARLY_CALLS and throttled
+        if n >= self._window or (early and self._congested(n, self._throttles, _Z_EARLY)):
+            self._judge(self._throttles / n, self._congested(n, self._throttles, _Z))
+            self._calls = self._throttles = 0
+
+    def _congested(self, calls: int, throttles: int, z: float) -> bool:
+        """More throttles than the loss share explains, beyond chance (binomial: mean + z standard deviations)."""
+        p = max(self._loss, _MIN_VARIANCE_SHARE)
+        return throttles > calls * self._loss + z * math.sqrt(calls * p * (1 - p))
+
+    def _judge(self, share: float, congested: bool) -> None:
+        trial, self._trial = self._trial, None
+        if trial is not None:
+            if share <= (trial.throttled_share + self._loss) / 2:
+                trial = None  # slowing down helped: congestion confirmed, the decrease stays (and may go on below)
+            elif trial.depth >= _TRIAL_DEPTH:
+                # Slowing down twice did not lower the throttled share: it is loss. Go back, and learn its level.
+                self._loss = (trial.throttled_share + share) / 2
+                self._factor, self._ceiling = trial.factor, trial.ceiling
+                return
+            else:
+                # Not lower, or even higher: the window before may have underestimated the congestion (a token
+                # bucket spending its burst), so one decrease is no proof of loss. Decrease again.
+                congested = True
+        if congested:
+            excess = max(0.0, share - self._loss)
+            origin = trial or _Trial(share, self._factor, self._ceiling, 0)
+            self._trial = _Trial(share, origin.factor, origin.ceiling, origin.depth + 1)
+            self._ceiling = self._factor * (1 - excess)
+            self._factor = max(_MIN_FACTOR, self._ceiling * _MARGIN)
+            return
+        if self._loss > 0:  # follow the loss share learnt from an experiment, down to zero when it stops
+            self._loss += _LOSS_SMOOTHING * (share - self._loss)
+            if self._loss < _LOSS_FORGOTTEN:
+                self._loss = 0.0
+        near = abs(self._factor - self._ceiling) <= _NEAR_CEILING * self._ceiling
+        self._factor = min(1.0, self._factor + (_SLOW_STEP if near else _FAST_STEP))
