@@ -12,12 +12,12 @@ the floor under 20 % random throttling. So the limiter judges windows of calls, 
 * one decision per window of ``window_calls`` outcomes (throttled or succeeded; 5xx and timeouts are neither), or
   earlier when the window is already clearly congested;
 * a window is congested when it holds more throttles than the estimated loss share explains, beyond chance (a
-  binomial test). The rate then drops in proportion to the excess share, ``rate × (1 - excess)``, and a little under:
+  binomial test). The rate is then cut in proportion to the excess share, to a little under ``rate × (1 - excess)``:
   about where a token-bucket quota stops throttling. That rate is remembered as the ceiling;
-* the window after a decrease is the experiment. If its throttled share fell at least half-way to the loss share,
-  the decrease stays (congestion). If not, the rate drops once more (the first window may have caught a quota still
-  spending its burst); if that second decrease did not help either, the throttles are loss: the rate goes back to where
-  it was before the first decrease, and the loss share is learnt from the two windows;
+* the windows after a cut are the experiment. Back to the loss share: congestion, the cut stays. Lower but still
+  congested: the cut was too small (the window before it may have caught a token bucket still spending its burst), cut
+  again. Not lower after two cuts in a row (or still congested after three): the throttles are loss. The rate goes
+  back to where it was before the first cut, and the loss share is learnt from the last two windows;
 * a clean window raises the rate by 10 % of the full rate, but by only 1 % within ±10 % of the ceiling, so a quota
   lower than configured is probed gently; a learnt loss share follows clean windows (a moving average), back to zero
   when the loss stops.
@@ -37,29 +37,33 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _MIN_RATE = 0.1  # calls/s: never stop entirely
 _MIN_FACTOR = 0.01  # of the share's rate
-_MARGIN = 0.98  # a decrease lands this much under the rate the window says the quota allows
+_MARGIN = 0.98  # a cut lands this much under the rate the window says the quota allows
 _FAST_STEP, _SLOW_STEP = 0.1, 0.01  # increase per clean window, as a fraction of the share's rate
 _NEAR_CEILING = 0.1  # the slow zone: ±10 % around the ceiling
 _LOSS_SMOOTHING = 0.2  # weight of a clean window in the loss share's moving average
 _Z, _Z_EARLY = 3.0, 4.5  # significance of a congested window: at its end, and before it is full
 _EARLY_CALLS = 10  # a window may close early from this many outcomes on
 _MIN_VARIANCE_SHARE = 0.01  # the binomial test's variance never assumes less than 1 % loss
-_TRIAL_DEPTH = 2  # decreases that must fail before throttling is called loss
+_TRIAL_DEPTH = 2  # cuts in a row that must fail before throttling is called loss
+_MAX_CUTS = 3  # in one experiment
 _LOSS_FORGOTTEN = 0.005  # a loss share below this is taken as none
 
 
 @dataclass(frozen=True, slots=True)
 class _Trial:
-    """A decrease under test: the window that caused it and the state to go back to if it did not help."""
+    """Cuts under test: the window that led to the latest, and the state to go back to if they did not help."""
 
-    throttled_share: float  # of the window that led to the latest decrease
-    factor: float  # before the first decrease of the experiment
+    factor: float  # before the first cut of the experiment
     ceiling: float
-    depth: int  # decreases so far
+    throttled_share: float = 0.0  # of the window that led to the latest cut
+    calls: int = 0  # in that window
+    throttles: int = 0
+    depth: int = 0  # cuts in a row that did not lower the throttled share
+    cuts: int = 0
 
 
 class RateLimiter:
@@ -122,9 +126,8 @@ class RateLimiter:
         self._calls += 1
         self._throttles += throttled
         n = self._calls
-        early = self._trial is None and n >= _EARLY_CALLS and throttled
-        if n >= self._window or (early and self._congested(n, self._throttles, _Z_EARLY)):
-            self._judge(self._throttles / n, self._congested(n, self._throttles, _Z))
+        if n >= self._window or (n >= _EARLY_CALLS and throttled and self._congested(n, self._throttles, _Z_EARLY)):
+            self._judge(n, self._throttles, self._congested(n, self._throttles, _Z))
             self._calls = self._throttles = 0
 
     def _congested(self, calls: int, throttles: int, z: float) -> bool:
@@ -132,24 +135,31 @@ class RateLimiter:
         p = max(self._loss, _MIN_VARIANCE_SHARE)
         return throttles > calls * self._loss + z * math.sqrt(calls * p * (1 - p))
 
-    def _judge(self, share: float, congested: bool) -> None:
+    def _judge(self, calls: int, throttles: int, congested: bool) -> None:
+        share = throttles / calls
         trial, self._trial = self._trial, None
-        if trial is not None:
-            if share <= (trial.throttled_share + self._loss) / 2:
-                trial = None  # slowing down helped: congestion confirmed, the decrease stays (and may go on below)
-            elif trial.depth >= _TRIAL_DEPTH:
+        if trial is not None and congested:
+            if share <= (trial.throttled_share + self._loss) / 2 and trial.cuts < _MAX_CUTS:
+                # Lower, but not down to the loss share: the cut was too small (the window before it may have caught
+                # a token bucket still spending its burst). Congestion after all: cut again.
+                trial = replace(trial, depth=0)
+            elif trial.depth >= _TRIAL_DEPTH or trial.cuts >= _MAX_CUTS:
                 # Slowing down twice did not lower the throttled share: it is loss. Go back, and learn its level.
-                self._loss = (trial.throttled_share + share) / 2
+                self._loss = (trial.throttles + throttles) / (trial.calls + calls)
                 self._factor, self._ceiling = trial.factor, trial.ceiling
                 return
-            else:
-                # Not lower, or even higher: the window before may have underestimated the congestion (a token
-                # bucket spending its burst), so one decrease is no proof of loss. Decrease again.
-                congested = True
+        # (A trial window that is not congested is back to the loss share: congestion confirmed, the cut stays.)
         if congested:
             excess = max(0.0, share - self._loss)
-            origin = trial or _Trial(share, self._factor, self._ceiling, 0)
-            self._trial = _Trial(share, origin.factor, origin.ceiling, origin.depth + 1)
+            trial = trial or _Trial(self._factor, self._ceiling)
+            self._trial = replace(
+                trial,
+                throttled_share=share,
+                calls=calls,
+                throttles=throttles,
+                depth=trial.depth + 1,
+                cuts=trial.cuts + 1,
+            )
             self._ceiling = self._factor * (1 - excess)
             self._factor = max(_MIN_FACTOR, self._ceiling * _MARGIN)
             return
