@@ -26,9 +26,10 @@ Simulated with a token bucket (``tests/unit/test_ratelimit.py``) and measured ag
 (``bench/bench_quota.py``): the configured rate is kept under 20 % random throttling, a quota at 7/s behind 10/s
 configured is found (≈ 99 % of it, ≈ 1 % throttled), and a quota equal to the configured rate is never throttled.
 
-Calls are paced evenly (one every ``1 / rate`` seconds, no burst), so replicas sharing a quota never overflow its
-window together. The pacer is a few lines of our own: the leaky-bucket libraries fix their rate at construction, and
-rebuilding one on every rate change would forget when the last call went out and let a burst through.
+Calls are paced evenly (one every ``1 / rate`` seconds, no burst: never two within half an interval), so replicas
+sharing a quota never overflow its window together; a wake-up a little late does not shift the schedule, so a busy
+event loop does not lower the rate. The pacer is a few lines of our own: the leaky-bucket libraries fix their rate at
+construction, and rebuilding one on every rate change would forget when the last call went out and let a burst through.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class RateLimiter:
         self._trial: _Trial | None = None
         self._clock = clock
         self._sleep = sleep
-        self._last = float("-inf")  # when the last call went out
+        self._slot = float("-inf")  # when the last call was due to go out
         self._lock = asyncio.Lock()  # FIFO: waiters go out in arrival order
 
     @property
@@ -101,12 +102,14 @@ class RateLimiter:
         return self._loss
 
     async def acquire(self) -> None:
-        """Wait for this caller's turn: ``1 / rate`` after the previous call, at the rate in force now (a decrease
-        decided while waiting lengthens the wait at once)."""
+        """Wait for this caller's turn: ``1 / rate`` after the previous call's slot, at the rate in force now (a cut
+        decided while waiting lengthens the wait at once). A wake-up a little late (a busy event loop) does not
+        shift the schedule, so the rate holds; one late by half an interval or more (idle) starts it afresh."""
         async with self._lock:
-            while (wait := self._last + 1.0 / self.rate - self._clock()) > 0:
+            while (wait := self._slot + 1.0 / self.rate - self._clock()) > 0:
                 await self._sleep(wait)
-            self._last = self._clock()
+            now, due = self._clock(), self._slot + 1.0 / self.rate
+            self._slot = due if now - due < 0.5 / self.rate else now
 
     def set_share(self, share: float) -> None:
         """This replica's share of the quota (its fraction of the assigned partitions), in (0, 1]."""

@@ -174,7 +174,8 @@ async def test_calls_are_paced_evenly_without_a_burst() -> None:
         await limiter.acquire()
         stamps.append(loop.time())
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) >= 0.02 * 0.9  # 50/s → one call every 20 ms, no burst at start
+    assert stamps[-1] - stamps[0] >= 5 * 0.02 * 0.999  # 50/s → one call every 20 ms, no burst at start
+    assert min(gaps) >= 0.02 / 2  # a late wake-up is made up by a shorter gap, never by two calls at once
 
 
 class FakeTime:
@@ -204,6 +205,34 @@ async def test_rate_changes_keep_the_pacing_no_burst_after_recovery_steps() -> N
     assert gaps[9] == pytest.approx(1 / 4.9, abs=1e-6)  # the call after the cut waits at the new rate
     assert all(g >= 0.1 for g in gaps)  # never faster than the configured quota, never a burst
     assert gaps[10] > gaps[-1]  # and the rate recovers
+
+
+class LateTime(FakeTime):
+    """A busy event loop: every sleep wakes up ``late`` seconds after it was due."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds + self.late
+
+
+async def test_late_wake_ups_do_not_lower_the_rate_and_an_idle_gap_gives_no_burst() -> None:
+    t = LateTime(late=0.02)  # 20 ms late on every wake-up, at 10/s
+    limiter = RateLimiter(10.0, clock=t.clock, sleep=t.sleep)
+    stamps = []
+    for _ in range(101):
+        await limiter.acquire()
+        stamps.append(t.now)
+    assert stamps[-1] - stamps[0] == pytest.approx(10.0, abs=0.03)  # 100 intervals in 10 s: the rate holds
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 0.05  # a shorter gap makes up for a late one, never two calls within half an interval
+    t.now += 5.0  # idle: no calls for a while
+    await limiter.acquire()
+    before = t.now
+    await limiter.acquire()
+    assert t.now - before >= 0.1  # a fresh start after idle: no catching up, no burst
 
 
 async def test_waiters_go_out_in_arrival_order() -> None:
