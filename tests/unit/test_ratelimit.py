@@ -4,8 +4,10 @@ loss (throttles that do not depend on our rate), on a simulated clock against th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +23,18 @@ def test_share_splits_the_configured_quota() -> None:
     assert limiter.rate == 5.0
     limiter.set_share(0.0)  # a member with no partitions still gets a trickle, never zero
     assert limiter.rate == pytest.approx(0.1)
+
+
+def test_a_share_change_keeps_what_throttling_taught() -> None:
+    limiter = RateLimiter(10.0)
+    for _ in range(7):
+        limiter.succeeded()
+    for _ in range(3):
+        limiter.throttled()  # congestion: cut to 6.86/s
+    limiter.set_share(0.5)  # a rebalance: half the partitions, half the rate, the same cut
+    assert limiter.rate == pytest.approx(0.5 * 6.86)
+    limiter.set_share(1.0)
+    assert limiter.rate == pytest.approx(6.86)
 
 
 def test_a_window_size_too_small_to_judge_is_refused() -> None:
@@ -51,8 +65,8 @@ def test_congestion_cuts_in_proportion_and_a_confirmed_cut_stays() -> None:
         limiter.throttled()  # 30 % of 10 calls/s throttled: the window closes early, about 7/s gets through
     assert limiter.rate == pytest.approx(10.0 * 0.7 * 0.98)  # cut to just under that
     for _ in range(40):
-        limiter.succeeded()  # slowing down helped: congestion, the cut stays; near the ceiling, +1 % a window
-    assert limiter.rate == pytest.approx(6.86 + 0.1)
+        limiter.succeeded()  # slowing down helped: congestion, the cut stays; near the ceiling (7/s), +1 % of it
+    assert limiter.rate == pytest.approx(6.86 + 0.07)
     assert limiter.loss_share == 0.0
 
 
@@ -92,10 +106,12 @@ def simulate(
     warm_up: float = 60.0,
     seed: int = 0,
     quota_change: tuple[float, float] | None = None,
+    late: int = 0,
 ) -> list[Run]:
     """``replicas`` limiters, each with its share, pacing evenly on one simulated clock against the emulator's token
-    bucket (``quota`` calls/s shared by all) and random throttling (``loss``) and 5xx (``server_errors``); each call's
-    outcome is reported before the next one goes out. Returns each replica's figures after ``warm_up``."""
+    bucket (``quota`` calls/s shared by all) and random throttling (``loss``) and 5xx (``server_errors``). Each call's
+    outcome is reported up to ``late`` calls later (calls in flight), from the call's own context as the sender does.
+    Returns each replica's figures after ``warm_up``."""
     rng = random.Random(seed)
     limiters = [RateLimiter(configured) for _ in range(replicas)]
     for limiter in limiters:
@@ -103,23 +119,31 @@ def simulate(
     bucket = TokenBucket.full(quota, 0.0) if quota else None
     next_call = [0.0] * replicas
     calls, ok, throttled = [0] * replicas, [0] * replicas, [0] * replicas
+    in_flight: list[tuple[int, Callable[[], None], contextvars.Context]] = []  # (due at call number, report, context)
+    number = 0
     while (now := min(next_call)) < seconds:
         i = next_call.index(now)
         limiter = limiters[i]
         next_call[i] = now + 1 / limiter.rate
+        context = contextvars.copy_context()
+        context.run(limiter._paced)  # what acquire() does for the call's task
         if quota_change and now >= quota_change[0] and bucket and bucket.rate != quota_change[1]:
             bucket = TokenBucket.full(quota_change[1], now)
         error, throttle = rng.random() < server_errors, rng.random() < loss
         measured = now >= warm_up
         calls[i] += measured
+        number += 1
         if error:
             continue  # a 5xx says nothing about the quota: reported neither way
         if throttle or (bucket is not None and not bucket.try_take(now)):
             throttled[i] += measured
-            limiter.throttled()
+            in_flight.append((number + rng.randint(0, late), limiter.throttled, context))
         else:
             ok[i] += measured
-            limiter.succeeded()
+            in_flight.append((number + rng.randint(0, late), limiter.succeeded, context))
+        for call in [c for c in in_flight if c[0] <= number]:
+            in_flight.remove(call)
+            call[2].run(call[1])
     span = seconds - warm_up
     return [Run(c / span, o / span, t / max(1, c)) for c, o, t in zip(calls, ok, throttled, strict=True)]
 
@@ -141,6 +165,33 @@ def test_a_real_quota_lower_than_configured_is_found(replicas: int) -> None:
     runs = simulate(10.0, quota=7.0, replicas=replicas)
     assert sum(run.ok for run in runs) >= 0.95 * 7.0
     assert all(run.throttled_share <= 0.03 for run in runs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_outcomes_arriving_late_do_not_confuse_the_experiment(seed: int) -> None:
+    # Ten calls in flight: after a cut, outcomes of calls paced at the old rate still arrive; they are not counted.
+    (quota,) = simulate(10.0, quota=7.0, late=10, seed=seed)
+    assert quota.ok >= 0.95 * 7.0 and quota.throttled_share <= 0.03
+    (loss,) = simulate(10.0, loss=0.2, server_errors=0.05, late=10, seed=seed)
+    assert loss.attempted >= 8.0
+
+
+def test_an_outcome_of_a_call_paced_before_a_cut_is_not_counted() -> None:
+    limiter = RateLimiter(10.0)
+    before_cut = contextvars.copy_context()
+    before_cut.run(limiter._paced)  # a call goes out at 10/s
+    for _ in range(7):
+        limiter.succeeded()
+    for _ in range(3):
+        limiter.throttled()  # congestion: cut to 6.86/s
+    cut = limiter.rate
+    assert cut == pytest.approx(6.86)
+    for _ in range(100):
+        before_cut.run(limiter.throttled)  # late answers to calls sent before the cut: no new evidence
+    assert limiter.rate == cut
+    for _ in range(20):
+        limiter.throttled()  # calls paced at the new rate still throttled: that counts
+    assert limiter.rate < cut
 
 
 def test_a_far_lower_quota_is_found_too() -> None:
