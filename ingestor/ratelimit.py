@@ -75,7 +75,7 @@ class _Trial:
     throttled_share: float = 0.0  # of the window that led to the latest cut
     calls: int = 0  # in that window
     throttles: int = 0
-    depth: int = 0  # cuts in a row that did not lower the throttled share
+    depth: int = 0  # cuts since the throttled share last fell (the latest, not judged yet, included)
     cuts: int = 0
 
 
