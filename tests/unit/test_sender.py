@@ -115,7 +115,9 @@ async def test_putevents_unknown_tracking_id_is_fatal_and_names_the_setting() ->
 async def test_putevents_throttling_is_retried_with_the_same_event_ids() -> None:
     client = FakePersonalize(fail_next=[client_error("ThrottlingException"), client_error("ServiceUnavailable", 503)])
     limiter = RateLimiter(1000)
+    told: list[str] = []
+    limiter.throttled = lambda: told.append("throttled")  # type: ignore[method-assign]
     outcome = await sender(client).send(EVENTS_TARGET, events(2), limiter)
     assert len(outcome.accepted) == 2 and len(client.calls) == 3
     assert {tuple(e["eventId"] for e in records) for _, records in client.calls} == {("e0", "e1")}
-    assert limiter.rate < 1000  # the throttle slowed the limiter down
+    assert told == ["throttled"]  # the limiter heard of the throttle (it judges windows of calls, not one call)
