@@ -59,8 +59,34 @@ def personalize_client(settings: Settings) -> Any:
         retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: we retry ourselves
         connect_timeout=p.connect_timeout_s,
         read_timeout=p.read_timeout_s,
+        # Every record was checked against the dataset's schema already; botocore's own check costs ~4 % of the CPU
+        # per call, and a record it refused would be retried as a client error until the budget is spent, where the
+        # endpoint's InvalidInputException is bisected down to the bad record and dead-lettered.
+        parameter_validation=False,
     )
     return session.client("personalize-events", endpoint_url=p.endpoint_url, config=config)
+
+
+def reuse_user_agent(client: Any) -> None:
+    """Build botocore's User-Agent header once instead of twice per call.
+
+    botocore rebuilds the header from its components (sanitising each one) before and after signing every request:
+    ~7 % of the service's CPU at high call rates. For one long-lived client the string never changes, so the first
+    one built (inside the first call, with its feature ids) is kept. Private botocore attribute: if it is not there
+    (another botocore version), nothing changes.
+    """
+    creator = getattr(client, "_user_agent_creator", None)
+    build = getattr(creator, "to_string", None)
+    if not callable(build):
+        return
+    built: list[str] = []
+
+    def to_string() -> str:
+        if not built:
+            built.append(build())
+        return built[0]
+
+    creator.to_string = to_string  # type: ignore[union-attr]
 
 
 class Service:
@@ -132,6 +158,7 @@ class Service:
         )
         try:
             async with personalize_client(s) as client:
+                reuse_user_agent(client)
                 try:
                     if not await self._start_with_retry(producer.start, "the dead-letter producer"):
                         return EXIT_OK
