@@ -58,12 +58,15 @@ class Pipeline:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` paces and times out; ``wall_clock`` (Unix time) is compared with Kafka timestamps."""
         self.settings = settings
         self.metrics = metrics
         self.tracker = OffsetTracker()
         self._sender = sender
         self._clock = clock
+        self._wall_clock = wall_clock
         self.dlq = DeadLetterQueue(
             dlq_producer,
             settings.kafka.dead_letter_topic,
@@ -225,7 +228,10 @@ class Pipeline:
             log.info("%s calls to %s succeed again", api, ds.target.dataset_arn)
             ds.stalled = None
         self.metrics.records_sent.labels(api).inc(len(outcome.accepted))
+        accepted_at, end_to_end = self._wall_clock(), self.metrics.end_to_end.labels(api)
         for p in outcome.accepted:
+            if (ts := p.source.timestamp_ms) is not None and ts > 0:  # Kafka says -1 when a record has none
+                end_to_end.observe(max(0.0, accepted_at - ts / 1000))
             done = buf.accepted(p, now)
             for d in done:
                 self.tracker.done(d.source.tp, d.source.offset, d.epoch)

@@ -36,7 +36,8 @@ class EmulatorClient:
             await session.close()
 
     async def state(self) -> dict[str, Any]:
-        """``{"datasets": {arn: {"kind", "records": {id: {"properties", "writes", "seq"}}}}}``; INTERACTIONS
+        """``{"datasets": {arn: {"kind", "records": {id: {"properties", "writes", "seq", "accepted_at"}}}}}``
+        (``accepted_at``: Unix time of the latest accepted write); INTERACTIONS
         datasets have ``events`` and ``event_count`` instead of ``records``."""
         return await self._call("GET", "/_emulator/state")
 

@@ -84,8 +84,10 @@ def _plain(counts: dict[Api, dict[Outcome, int]]) -> dict[str, dict[str, int]]:
 class EmulatorService:
     """Everything the endpoint does, callable directly from tests (``await service.handle(api, body, auth)``)."""
 
-    def __init__(self, config: EmulatorConfig, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, config: EmulatorConfig, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+        """``clock`` paces quotas; ``wall_clock`` (Unix time) stamps what was accepted (``accepted_at`` in state)."""
         self.config = config
+        self._wall_clock = wall_clock
         self.datasets = {d.arn: Dataset(d, config.max_events_kept) for d in config.datasets}
         self._by_tracking_id = {d.config.tracking_id: d for d in self.datasets.values() if d.config.tracking_id}
         self.quotas = Quotas(config.quotas, clock)
@@ -134,7 +136,7 @@ class EmulatorService:
             raise invalid_input(f"{api.value} needs an {_KIND[api].value} dataset; {arn} is {dataset.kind.value}")
         self._spend_quota(dataset, api)
         accepted = dataset.check_records(payload[member])
-        self._seq = dataset.store_records(accepted, self._seq)
+        self._seq = dataset.store_records(accepted, self._seq, self._wall_clock())
 
     def _put_events(self, payload: Mapping[str, Any]) -> None:
         tracking_id, session_id = payload.get("trackingId"), payload.get("sessionId")
@@ -154,7 +156,7 @@ class EmulatorService:
         if "userId" in payload:
             context["userId"] = payload["userId"]
         accepted = dataset.check_events(payload["eventList"], context)
-        self._seq = dataset.store_events(accepted, self._seq)
+        self._seq = dataset.store_events(accepted, self._seq, self._wall_clock())
 
     def _spend_quota(self, dataset: Dataset, api: Api) -> None:
         if not self.quotas.allow(dataset.config.group, api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -69,6 +70,30 @@ async def test_latest_record_per_id_wins_and_everything_commits(harness) -> None
     assert all(json.loads(p)["price"] == 4 for p in state.values())
     assert pipeline.tracker.to_commit() == {TP: offset}
     assert all(len(records) <= 10 for _, records in personalize.calls)
+
+
+async def test_end_to_end_latency_is_observed_from_the_kafka_timestamp_to_acceptance() -> None:
+    s = settings()
+    metrics, personalize = Metrics(), FakePersonalize()
+    wall = 1_800_000_010.0
+    pipeline = Pipeline(
+        s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics, wall_clock=lambda: wall
+    )
+    pipeline.start()
+    try:
+        stamped = [
+            dataclasses.replace(item(f"i{i}", 1.0, i), timestamp_ms=1_800_000_000_000 + i * 1000) for i in range(3)
+        ]
+        for rec in [*stamped, item("untimed", 1.0, 3)]:  # a record without a timestamp is not observed
+            pipeline.ingest(rec)
+        assert await pipeline.drain(10)
+    finally:
+        await pipeline.stop()
+    assert metrics.registry.get_sample_value("ingestor_end_to_end_seconds_count", {"api": "PutItems"}) == 3
+    assert metrics.registry.get_sample_value("ingestor_end_to_end_seconds_sum", {"api": "PutItems"}) == 10 + 9 + 8
+    assert (
+        metrics.registry.get_sample_value("ingestor_end_to_end_seconds_bucket", {"api": "PutItems", "le": "5.0"}) == 0
+    )
 
 
 async def test_bad_json_and_schema_rejects_go_to_the_dlq_with_headers(harness) -> None:
