@@ -130,6 +130,11 @@ class PersonalizeSettings(_Frozen):
         description="calls per second per dataset group and API, shared by all replicas",
     )
     retry: RetrySettings = RetrySettings()
+    http: Literal["sdk", "direct"] = Field(
+        "sdk",
+        description="sdk: every call through aioboto3; direct: the same signed requests built by the ingestor, for "
+        "a fraction of the CPU (see ingestor/personalize_http.py)",
+    )
 
     @field_validator("rate_limits")
     @classmethod

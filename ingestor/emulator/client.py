@@ -42,7 +42,8 @@ class EmulatorClient:
         return await self._call("GET", "/_emulator/state")
 
     async def stats(self) -> dict[str, Any]:
-        """``calls`` and ``records`` by API and outcome, ``max_records_per_call``, ``max_concurrent_calls``..."""
+        """``calls`` and ``records`` by API and outcome, ``max_records_per_call``, ``max_concurrent_calls``,
+        ``by_group`` (dataset group → API → ``{"calls": {outcome: n}, "records": accepted}``)..."""
         return await self._call("GET", "/_emulator/stats")
 
     async def reset(self) -> None:
