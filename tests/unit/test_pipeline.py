@@ -164,6 +164,40 @@ async def test_tombstones_are_done_at_once(harness) -> None:
     assert pipeline.tracker.to_commit() == {TP: 1}
 
 
+async def test_a_dataset_waiting_for_its_rate_limit_holds_no_call_slot() -> None:
+    """One slot, a slow quota for items (0.2 calls/s) and a fast one for users: the items dispatcher waiting ~5 s for
+    its next turn must not hold the only slot, or every user waits behind it."""
+    users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+    s = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={"rate_limits": {"PutItems": 0.2, "PutUsers": 1000.0}, "max_in_flight": 1},
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": users_arn, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1},
+    )
+    personalize, metrics = FakePersonalize(), Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        for i in range(20):  # two calls: the second must wait 5 s for the items quota
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(lambda: len(personalize.state.get(ITEMS_ARN, {})) == 10, timeout=5, what="the first call")
+        for i in range(50):
+            user = {"USER_ID": f"u{i}", "AGE": 30, "MEMBERSHIP": "gold"}
+            pipeline.ingest(SourceRecord("crm.users", 0, i, None, json.dumps(user).encode()))
+        await wait_until(lambda: len(personalize.state.get(users_arn, {})) == 50, timeout=2.5, what="every user")
+        assert len(personalize.state[ITEMS_ARN]) == 10  # the items quota still holds its second call back
+    finally:
+        await pipeline.stop()
+
+
 async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> None:
     users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
     s = Settings(
