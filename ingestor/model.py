@@ -19,9 +19,11 @@ class TopicPartition(NamedTuple):
         return f"{self.topic}[{self.partition}]"
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One Kafka record as fetched, bytes untouched (they go to the DLQ unchanged if it cannot be delivered)."""
+class SourceRecord(NamedTuple):
+    """One Kafka record as fetched, bytes untouched (they go to the DLQ unchanged if it cannot be delivered).
+
+    A named tuple for the same reason as TopicPartition: one is built per fetched record, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) cost ~5 % of the service's CPU at high rates."""
 
     topic: str
     partition: int

@@ -39,12 +39,13 @@ def run_quick(name: str, tmp_path: Path) -> dict[str, Any]:
 
 def test_bench_cpu_quick(tmp_path: Path) -> None:
     f = run_quick("bench_cpu", tmp_path)
-    for run in ("ingestor", "ceiling", "sequential"):
+    for run in ("ingestor_sdk", "ingestor_direct", "ceiling", "sequential"):
         assert f[run]["records"] > 0
         assert f[run]["records_per_s"] > 0
         assert 0 < f[run]["cpu_s_per_1k"] < 100
-    assert 1 <= f["ingestor"]["records_per_call"] <= 10
-    assert f["ingestor_vs_ceiling"] > 0 and f["ingestor_vs_sequential"] > 0
+    for http in ("sdk", "direct"):
+        assert 1 <= f[f"ingestor_{http}"]["records_per_call"] <= 10
+        assert f[f"{http}_vs_ceiling"] > 0 and f[f"{http}_vs_sequential"] > 0
 
 
 def test_bench_latency_quick(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from pathlib import Path
 
@@ -81,9 +80,7 @@ async def test_end_to_end_latency_is_observed_from_the_kafka_timestamp_to_accept
     )
     pipeline.start()
     try:
-        stamped = [
-            dataclasses.replace(item(f"i{i}", 1.0, i), timestamp_ms=1_800_000_000_000 + i * 1000) for i in range(3)
-        ]
+        stamped = [item(f"i{i}", 1.0, i)._replace(timestamp_ms=1_800_000_000_000 + i * 1000) for i in range(3)]
         for rec in [*stamped, item("untimed", 1.0, 3)]:  # a record without a timestamp is not observed
             pipeline.ingest(rec)
         assert await pipeline.drain(10)
