@@ -24,7 +24,7 @@ from ingestor.model import Op, SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
 from ingestor.ratelimit import RateLimiter
 from ingestor.schema import DatasetSchema
-from ingestor.sender import RetriesExhausted, Sender, Target
+from ingestor.sender import RetriesExhausted, Sender, Slot, Target
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,16 @@ class Pipeline:
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.create_task(self._call(ds, batch), name=f"call {ds.target.api}")
+            task = asyncio.create_task(self._call(ds, batch, Slot(self._slots)), name=f"call {ds.target.api}")
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
             task.add_done_callback(self._check_task)
 
-    async def _call(self, ds: Dataset, batch: list[Pending]) -> None:
+    async def _call(self, ds: Dataset, batch: list[Pending], slot: Slot) -> None:
         buf, api = ds.buffer, ds.target.api
         exhausted: tuple[list[Pending], DeliveryError] | None = None
         try:
-            outcome = await self._sender.send(ds.target, batch, ds.limiter, prepaid=True)
+            outcome = await self._sender.send(ds.target, batch, ds.limiter, prepaid=True, slot=slot)
         except FatalRouteError as exc:
             if ds.fatal is None:
                 ds.fatal = exc
@@ -223,7 +223,7 @@ class Pipeline:
                 buf.released(p, now)
             raise
         finally:
-            self._slots.release()
+            slot.release()
             ds.wake.set()
         now = self._clock()
         if ds.stalled and outcome.accepted:

@@ -195,6 +195,47 @@ async def test_a_dataset_waiting_for_its_rate_limit_holds_no_call_slot() -> None
         await pipeline.stop()
 
 
+async def test_a_throttled_dataset_in_retry_back_off_holds_no_call_slot() -> None:
+    """One slot; every items call is throttled and retried with back-offs of up to 2 s: the users must not wait
+    behind those sleeps (nothing is on the wire while a call backs off)."""
+    users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+    s = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={
+            "rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0},
+            "max_in_flight": 1,
+            "retry": {"base_delay_s": 1.0, "max_delay_s": 2.0, "max_attempts": 50},
+        },
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": users_arn, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1},
+    )
+    personalize, metrics = FakePersonalize(), Metrics()
+    personalize.on_call = lambda arn, _: (
+        personalize.fail_next.append(client_error("ThrottlingException")) if arn == ITEMS_ARN else None
+    )
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        for i in range(10):
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(lambda: len(personalize.calls) >= 2, timeout=5, what="the items call to be retried")
+        for i in range(50):
+            user = {"USER_ID": f"u{i}", "AGE": 30, "MEMBERSHIP": "gold"}
+            pipeline.ingest(SourceRecord("crm.users", 0, i, None, json.dumps(user).encode()))
+        await wait_until(lambda: len(personalize.state.get(users_arn, {})) == 50, timeout=1.5, what="every user")
+        assert ITEMS_ARN not in personalize.state  # still throttled, still retrying
+    finally:
+        await pipeline.stop()
+
+
 async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> None:
     users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
     s = Settings(
