@@ -63,7 +63,9 @@ def emulator_yaml(folder: Path, groups: int) -> Path:
     return path
 
 
-def settings(bootstrap: str, endpoint: str, tag: str, groups: int, http: str = "direct") -> Settings:
+def settings(
+    bootstrap: str, endpoint: str, tag: str, groups: int, http: str = "direct", max_in_flight: int = 16
+) -> Settings:
     routes = [
         {
             "topic": f"{kind}-{group(i)}-{tag}",
@@ -82,7 +84,13 @@ def settings(bootstrap: str, endpoint: str, tag: str, groups: int, http: str = "
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 500,
         },
-        personalize={"endpoint_url": endpoint, "aws_access_key_id": "x", "aws_secret_access_key": "x", "http": http},
+        personalize={
+            "endpoint_url": endpoint,
+            "aws_access_key_id": "x",
+            "aws_secret_access_key": "x",
+            "http": http,
+            "max_in_flight": max_in_flight,
+        },
         routes=routes,
         shutdown={"drain_budget_s": 2},  # the backlog is not drained at the end: stop soon after the window
         metrics={"port": 0},
@@ -103,7 +111,7 @@ def backlog(tag: str, groups: int, per_route: int) -> list[tuple[str, bytes, byt
 
 
 async def scenario(
-    bootstrap: str, groups: int, window: float, failing: bool, warmup: float, http: str
+    bootstrap: str, groups: int, window: float, failing: bool, warmup: float, http: str, max_in_flight: int
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     per_route = int(QUOTA * 10 * (warmup + window + 10))  # more than can drain during warm-up + window
@@ -119,7 +127,7 @@ async def scenario(
 
                 async with EmulatorClient(endpoint.url) as client:
                     await client.configure(quotas={"groups": {FAILING: {"PutItems": 1.0, "PutUsers": 1.0}}})
-            service = Service(settings(bootstrap, endpoint.url, tag, groups, http))
+            service = Service(settings(bootstrap, endpoint.url, tag, groups, http, max_in_flight))
             run = asyncio.create_task(service.run())
             await wait_for(lambda: service.source is not None and service.source.joined, 60, "the consumer to join")
             peak = [rss_mb()]
@@ -176,8 +184,12 @@ async def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR)
     broker = EmbeddedBroker().start()
     try:
-        healthy = await scenario(broker.bootstrap_servers, args.groups, args.window, False, args.warmup, args.http)
-        failing = await scenario(broker.bootstrap_servers, args.groups, args.window, True, args.warmup, args.http)
+        healthy = await scenario(
+            broker.bootstrap_servers, args.groups, args.window, False, args.warmup, args.http, args.max_in_flight
+        )
+        failing = await scenario(
+            broker.bootstrap_servers, args.groups, args.window, True, args.warmup, args.http, args.max_in_flight
+        )
     finally:
         broker.stop()
     rows = []
@@ -198,9 +210,16 @@ async def main(args: argparse.Namespace) -> int:
     met = all(r["min_quota_pct"] >= 95 and r["peak_rss_mb"] < 250 for r in (healthy, failing))
     report(
         f"bench_groups: {args.groups} dataset groups ({2 * args.groups} routes), quota on, window {args.window:g} s, "
-        f"http: {args.http}",
+        f"http: {args.http}, max_in_flight {args.max_in_flight}",
         rows,
-        {"groups": args.groups, "http": args.http, "healthy": healthy, "one_failing": failing, "targets_met": met},
+        {
+            "groups": args.groups,
+            "http": args.http,
+            "max_in_flight": args.max_in_flight,
+            "healthy": healthy,
+            "one_failing": failing,
+            "targets_met": met,
+        },
         args.json,
     )
     print("targets:", "MET" if met else "NOT MET")
@@ -212,6 +231,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=20)
     p.add_argument("--window", type=float, default=20.0, help="measurement window in seconds")
     p.add_argument("--http", choices=("sdk", "direct"), default="direct", help="personalize.http (default: direct)")
+    p.add_argument("--max-in-flight", type=int, default=16, help="personalize.max_in_flight (default: 16)")
     p.add_argument("--warmup", type=float, default=8.0, help="seconds after joining before the window starts")
     p.add_argument("--quick", action="store_true", help="a small run (CI smoke test): figures, no target check")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
