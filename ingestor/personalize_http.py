@@ -11,6 +11,9 @@ sends it over one pooled aiohttp session.
 Errors come back as botocore's ``ClientError`` with the same ``Error.Code`` / ``Message`` / ``HTTPStatusCode`` that
 botocore's rest-json parser would give (code from ``x-amzn-ErrorType``, else the body), and missing credentials as
 ``NoCredentialsError``, so the sender classifies every outcome exactly as with the SDK client.
+
+Not carried over from botocore: its proxy *config* (``proxies`` in the client config; the environment variables
+are honoured) and a custom CA bundle (``AWS_CA_BUNDLE``); TLS uses the system's trust store.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ class DirectPersonalizeClient:
         SigV4Auth(frozen, self._signing_name, self._region).add_auth(request)
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._limit)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            # trust_env: HTTP(S)_PROXY / NO_PROXY from the environment, as botocore honours them
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=True)
         async with self._session.post(url, data=body, headers=dict(request.headers.items())) as response:
             raw = await response.read()
             if response.status < 300:
