@@ -19,7 +19,6 @@ Avro, or bytes that do not decode raise :class:`~ingestor.errors.DecodeError` na
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 from typing import Any, Final
 
 from fastavro import schemaless_writer
@@ -118,7 +117,7 @@ class AvroDecoder:
         key = record.key
         if not key or key[0] != MAGIC or len(key) < HEADER_BYTES:
             # Text or JSON: read exactly as for JSON records (a tombstone of this key is a delete of its id).
-            return codec.decode(replace(record, value=None), kind).record_id
+            return codec.decode(record._replace(value=None), kind).record_id
         writer = self.schemas.get(_schema_id(record, key, "the key"), record, "the key")
         obj = writer.read(key, record, "the key")
         if isinstance(obj, dict):

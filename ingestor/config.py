@@ -96,6 +96,9 @@ class KafkaSettings(_Frozen):
     fetch_max_records: int = Field(1_000, ge=1, description="records one getmany() may return")
     fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="bytes one fetch may prefetch (all partitions)")
     max_partition_fetch_bytes: int = Field(1024 * 1024, ge=1024, description="bytes one fetch may hold per partition")
+    fetch_max_wait_ms: int = Field(
+        500, ge=0, description="how long the broker may hold a fetch for data; an upper bound on idle fetch latency"
+    )
     request_timeout_ms: int = Field(30_000, ge=1_000)
     commit_interval_s: float = Field(1.0, gt=0)
     commit_timeout_s: float = Field(10.0, gt=0)
@@ -130,6 +133,11 @@ class PersonalizeSettings(_Frozen):
         description="calls per second per dataset group and API, shared by all replicas",
     )
     retry: RetrySettings = RetrySettings()
+    http: Literal["sdk", "direct"] = Field(
+        "sdk",
+        description="sdk: every call through aioboto3; direct: the same signed requests built by the ingestor, for "
+        "a fraction of the CPU (see ingestor/personalize_http.py)",
+    )
 
     @field_validator("rate_limits")
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Kafka timestamp → accepted: linger + rate-limit pacing + the call, up to catch-up backlogs of minutes or hours.
+_END_TO_END_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _RECORDS_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 
 
@@ -57,6 +59,13 @@ class Metrics:
             "Records carried by one Personalize call.",
             ["api"],
             buckets=_RECORDS_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "ingestor_end_to_end_seconds",
+            "From a record's Kafka timestamp to Personalize accepting it (records that carry a timestamp).",
+            ["api"],
+            buckets=_END_TO_END_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge("ingestor_api_calls_in_flight", "Personalize calls in flight now.", registry=r)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class TopicPartition:
+class TopicPartition(NamedTuple):
+    """A partition. A named tuple, not a frozen dataclass: one is built per record on the hot path (``tp``), and a
+    tuple is built several times faster (a frozen dataclass's ``__init__`` goes through ``object.__setattr__``)."""
+
     topic: str
     partition: int
 
@@ -17,9 +19,11 @@ class TopicPartition:
         return f"{self.topic}[{self.partition}]"
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One Kafka record as fetched, bytes untouched (they go to the DLQ unchanged if it cannot be delivered)."""
+class SourceRecord(NamedTuple):
+    """One Kafka record as fetched, bytes untouched (they go to the DLQ unchanged if it cannot be delivered).
+
+    A named tuple for the same reason as TopicPartition: one is built per fetched record, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) cost ~5 % of the service's CPU at high rates."""
 
     topic: str
     partition: int

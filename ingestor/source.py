@@ -76,6 +76,7 @@ class KafkaSource:
             request_timeout_ms=k.request_timeout_ms,
             fetch_max_bytes=k.fetch_max_bytes,
             max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
             **kafka_security_kwargs(settings),
         )
         self._clock = clock

@@ -36,12 +36,14 @@ class EmulatorClient:
             await session.close()
 
     async def state(self) -> dict[str, Any]:
-        """``{"datasets": {arn: {"kind", "records": {id: {"properties", "writes", "seq"}}}}}``; INTERACTIONS
+        """``{"datasets": {arn: {"kind", "records": {id: {"properties", "writes", "seq", "accepted_at"}}}}}``
+        (``accepted_at``: Unix time of the latest accepted write); INTERACTIONS
         datasets have ``events`` and ``event_count`` instead of ``records``."""
         return await self._call("GET", "/_emulator/state")
 
     async def stats(self) -> dict[str, Any]:
-        """``calls`` and ``records`` by API and outcome, ``max_records_per_call``, ``max_concurrent_calls``..."""
+        """``calls`` and ``records`` by API and outcome, ``max_records_per_call``, ``max_concurrent_calls``,
+        ``by_group`` (dataset group → API → ``{"calls": {outcome: n}, "records": accepted}``)..."""
         return await self._call("GET", "/_emulator/stats")
 
     async def reset(self) -> None:

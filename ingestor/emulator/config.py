@@ -89,10 +89,24 @@ class QuotaConfig(_Frozen):
     put_items: float | None = Field(10.0, gt=0)
     put_users: float | None = Field(10.0, gt=0)
     put_events: float | None = Field(1000.0, gt=0)
+    groups: dict[str, dict[Api, float]] = Field(
+        default_factory=dict,
+        description="per dataset group overrides, e.g. {shop: {PutItems: 2}} (a raised or lowered quota)",
+    )
 
-    def rate_for(self, api: Api) -> float | None:
+    @field_validator("groups")
+    @classmethod
+    def _positive(cls, value: dict[str, dict[Api, float]]) -> dict[str, dict[Api, float]]:
+        if any(rate <= 0 for rates in value.values() for rate in rates.values()):
+            raise ValueError("group quotas must be positive calls per second")
+        return value
+
+    def rate_for(self, api: Api, group: str | None = None) -> float | None:
         if not self.enabled:
             return None
+        override = self.groups.get(group, {}).get(api) if group is not None else None
+        if override is not None:
+            return override
         return {Api.PUT_ITEMS: self.put_items, Api.PUT_USERS: self.put_users, Api.PUT_EVENTS: self.put_events}[api]
 
 

@@ -68,14 +68,16 @@ def parse_properties(raw: Any, schema: DatasetSchema) -> tuple[dict[str, Any], l
 
 @dataclass
 class StoredRecord:
-    """The latest properties written for one id; ``writes`` counts every accepted write, ``seq`` orders them."""
+    """The latest properties written for one id; ``writes`` counts every accepted write, ``seq`` orders them,
+    ``accepted_at`` is when the latest write was accepted (Unix time, seconds: compare with Kafka timestamps)."""
 
     properties: dict[str, Any]
     writes: int
     seq: int
+    accepted_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"properties": self.properties, "writes": self.writes, "seq": self.seq}
+        return {"properties": self.properties, "writes": self.writes, "seq": self.seq, "accepted_at": self.accepted_at}
 
 
 class Dataset:
@@ -130,11 +132,12 @@ class Dataset:
         _reject_if_any(failures, len(records), "records")
         return accepted
 
-    def store_records(self, records: list[tuple[str, dict[str, Any]]], next_seq: int) -> int:
-        """Store accepted records in order (latest write wins); returns the next sequence number."""
+    def store_records(self, records: list[tuple[str, dict[str, Any]]], next_seq: int, now: float = 0.0) -> int:
+        """Store accepted records in order (latest write wins) as accepted at ``now`` (Unix time); returns the next
+        sequence number."""
         for record_id, props in records:
             previous = self.records.get(record_id)
-            self.records[record_id] = StoredRecord(props, (previous.writes if previous else 0) + 1, next_seq)
+            self.records[record_id] = StoredRecord(props, (previous.writes if previous else 0) + 1, next_seq, now)
             next_seq += 1
         return next_seq
 
@@ -186,9 +189,9 @@ class Dataset:
             problems += self.schema.check_properties({})
         return stored, problems
 
-    def store_events(self, events: list[dict[str, Any]], next_seq: int) -> int:
+    def store_events(self, events: list[dict[str, Any]], next_seq: int, now: float = 0.0) -> int:
         for event in events:
-            self.events.append({**event, "seq": next_seq})
+            self.events.append({**event, "seq": next_seq, "accepted_at": now})
             next_seq += 1
         self.event_count += len(events)
         return next_seq

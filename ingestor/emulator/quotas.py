@@ -63,7 +63,7 @@ class Quotas:
         self._buckets.clear()
 
     def allow(self, group: str, api: Api) -> bool:
-        rate = self._config.rate_for(api)
+        rate = self._config.rate_for(api, group)
         if rate is None:
             return True
         now = self._clock()

@@ -51,16 +51,23 @@ class Stats:
     max_records_per_call: int = 0
     in_flight: int = 0
     max_concurrent_calls: int = 0
+    # dataset group → API → {"calls": {outcome: n}, "records": accepted records}
+    by_group: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def enter(self) -> None:
         self.in_flight += 1
         self.max_concurrent_calls = max(self.max_concurrent_calls, self.in_flight)
 
-    def leave(self, api: Api, outcome: Outcome, records: int) -> None:
+    def leave(self, api: Api, outcome: Outcome, records: int, group: str | None = None) -> None:
         self.in_flight -= 1
         self.calls[api][outcome] += 1
         self.records[api][outcome] += records
         self.max_records_per_call = max(self.max_records_per_call, records)
+        if group is not None:
+            by_api = self.by_group.setdefault(group, {}).setdefault(api.value, {"calls": {}, "records": 0})
+            by_api["calls"][outcome.value] = by_api["calls"].get(outcome.value, 0) + 1
+            if outcome is Outcome.OK:
+                by_api["records"] += records
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,7 @@ class Stats:
             "max_records_per_call": self.max_records_per_call,
             "in_flight": self.in_flight,
             "max_concurrent_calls": self.max_concurrent_calls,
+            "by_group": self.by_group,
         }
 
 
@@ -84,8 +92,10 @@ def _plain(counts: dict[Api, dict[Outcome, int]]) -> dict[str, dict[str, int]]:
 class EmulatorService:
     """Everything the endpoint does, callable directly from tests (``await service.handle(api, body, auth)``)."""
 
-    def __init__(self, config: EmulatorConfig, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, config: EmulatorConfig, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+        """``clock`` paces quotas; ``wall_clock`` (Unix time) stamps what was accepted (``accepted_at`` in state)."""
         self.config = config
+        self._wall_clock = wall_clock
         self.datasets = {d.arn: Dataset(d, config.max_events_kept) for d in config.datasets}
         self._by_tracking_id = {d.config.tracking_id: d for d in self.datasets.values() if d.config.tracking_id}
         self.quotas = Quotas(config.quotas, clock)
@@ -99,6 +109,7 @@ class EmulatorService:
         records = payload.get(RECORDS_MEMBER[api]) if payload else None
         count = len(records) if isinstance(records, list) else 0
         outcome = Outcome.OK
+        group = self._group_of(api, payload)
         self.stats.enter()
         try:
             check_signature(authorization)
@@ -119,7 +130,17 @@ class EmulatorService:
             outcome = exc.outcome
             raise
         finally:
-            self.stats.leave(api, outcome, count)
+            self.stats.leave(api, outcome, count, group)
+
+    def _group_of(self, api: Api, payload: Mapping[str, Any] | None) -> str | None:
+        """The dataset group a call is counted against (stats by group), if the call names a known dataset."""
+        if not payload:
+            return None
+        key = payload.get("trackingId") if api is Api.PUT_EVENTS else payload.get("datasetArn")
+        if not isinstance(key, str):
+            return None
+        dataset = self._by_tracking_id.get(key) if api is Api.PUT_EVENTS else self.datasets.get(key)
+        return dataset.config.group if dataset is not None else None
 
     def _put_records(self, api: Api, payload: Mapping[str, Any]) -> None:
         member = RECORDS_MEMBER[api]
@@ -134,7 +155,7 @@ class EmulatorService:
             raise invalid_input(f"{api.value} needs an {_KIND[api].value} dataset; {arn} is {dataset.kind.value}")
         self._spend_quota(dataset, api)
         accepted = dataset.check_records(payload[member])
-        self._seq = dataset.store_records(accepted, self._seq)
+        self._seq = dataset.store_records(accepted, self._seq, self._wall_clock())
 
     def _put_events(self, payload: Mapping[str, Any]) -> None:
         tracking_id, session_id = payload.get("trackingId"), payload.get("sessionId")
@@ -154,7 +175,7 @@ class EmulatorService:
         if "userId" in payload:
             context["userId"] = payload["userId"]
         accepted = dataset.check_events(payload["eventList"], context)
-        self._seq = dataset.store_events(accepted, self._seq)
+        self._seq = dataset.store_events(accepted, self._seq, self._wall_clock())
 
     def _spend_quota(self, dataset: Dataset, api: Api) -> None:
         if not self.quotas.allow(dataset.config.group, api):

@@ -90,6 +90,27 @@ async def test_latest_write_wins_and_writes_are_counted(service: EmulatorService
     assert records["i1"]["seq"] > records["i2"]["seq"]
 
 
+async def test_each_write_reports_when_it_was_accepted() -> None:
+    now = [1_800_000_000.25]
+    config = EmulatorConfig.load(EXAMPLE, quotas={"enabled": False}, faults=FaultConfig())
+    service = EmulatorService(config, wall_clock=lambda: now[0])
+    await put_items(service, item("i1"), item("i2"))
+    now[0] += 1.5
+    await put_items(service, item("i1", price=2))
+    records = service.state()["datasets"][ITEMS]["records"]
+    assert records["i1"]["accepted_at"] == 1_800_000_001.75  # the latest write's acceptance
+    assert records["i2"]["accepted_at"] == 1_800_000_000.25
+
+
+async def test_stats_count_calls_and_records_by_dataset_group(service: EmulatorService) -> None:
+    await put_items(service, item("i1"), item("i2"))
+    with pytest.raises(ApiError):
+        await put_items(service, item("i3", price="cheap"))
+    assert service.stats.to_json()["by_group"] == {
+        "shop": {"PutItems": {"calls": {"ok": 1, "invalid_input": 1}, "records": 2}}
+    }
+
+
 async def test_numeric_strings_are_accepted(service: EmulatorService) -> None:
     await put_items(service, item(price="9.99", creationTimestamp="1700000000", numberOfRatings="12", inStock="true"))
     assert stored(service)["i1"]["numberOfRatings"] == "12"  # stored as sent

@@ -87,3 +87,11 @@ def test_an_idle_period_refills_no_more_than_one_second(clock: FakeClock) -> Non
     quotas.allow("shop", Api.PUT_ITEMS)
     clock.now = 3600.0
     assert [quotas.allow("shop", Api.PUT_ITEMS) for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_a_group_can_have_its_own_quota(clock: FakeClock) -> None:
+    quotas = Quotas(QuotaConfig(put_items=10, groups={"slow": {Api.PUT_ITEMS: 1}}), clock)
+    assert quotas.allow("slow", Api.PUT_ITEMS)
+    assert not quotas.allow("slow", Api.PUT_ITEMS)  # its bucket holds one call
+    assert all(quotas.allow("fast", Api.PUT_ITEMS) for _ in range(10))
+    assert quotas.allow("slow", Api.PUT_USERS)  # other APIs keep the default

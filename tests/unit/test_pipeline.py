@@ -71,6 +71,28 @@ async def test_latest_record_per_id_wins_and_everything_commits(harness) -> None
     assert all(len(records) <= 10 for _, records in personalize.calls)
 
 
+async def test_end_to_end_latency_is_observed_from_the_kafka_timestamp_to_acceptance() -> None:
+    s = settings()
+    metrics, personalize = Metrics(), FakePersonalize()
+    wall = 1_800_000_010.0
+    pipeline = Pipeline(
+        s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics, wall_clock=lambda: wall
+    )
+    pipeline.start()
+    try:
+        stamped = [item(f"i{i}", 1.0, i)._replace(timestamp_ms=1_800_000_000_000 + i * 1000) for i in range(3)]
+        for rec in [*stamped, item("untimed", 1.0, 3)]:  # a record without a timestamp is not observed
+            pipeline.ingest(rec)
+        assert await pipeline.drain(10)
+    finally:
+        await pipeline.stop()
+    assert metrics.registry.get_sample_value("ingestor_end_to_end_seconds_count", {"api": "PutItems"}) == 3
+    assert metrics.registry.get_sample_value("ingestor_end_to_end_seconds_sum", {"api": "PutItems"}) == 10 + 9 + 8
+    assert (
+        metrics.registry.get_sample_value("ingestor_end_to_end_seconds_bucket", {"api": "PutItems", "le": "5.0"}) == 0
+    )
+
+
 async def test_bad_json_and_schema_rejects_go_to_the_dlq_with_headers(harness) -> None:
     pipeline, personalize, producer = harness
     pipeline.ingest(SourceRecord("catalog.items", 0, 0, b"k", b"{not json"))
@@ -137,6 +159,81 @@ async def test_tombstones_are_done_at_once(harness) -> None:
     pipeline, _, _ = harness
     pipeline.ingest(SourceRecord("catalog.items", 0, 0, b"i1", None))
     assert pipeline.tracker.to_commit() == {TP: 1}
+
+
+async def test_a_dataset_waiting_for_its_rate_limit_holds_no_call_slot() -> None:
+    """One slot, a slow quota for items (0.2 calls/s) and a fast one for users: the items dispatcher waiting ~5 s for
+    its next turn must not hold the only slot, or every user waits behind it."""
+    users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+    s = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={"rate_limits": {"PutItems": 0.2, "PutUsers": 1000.0}, "max_in_flight": 1},
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": users_arn, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1},
+    )
+    personalize, metrics = FakePersonalize(), Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        for i in range(20):  # two calls: the second must wait 5 s for the items quota
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(lambda: len(personalize.state.get(ITEMS_ARN, {})) == 10, timeout=5, what="the first call")
+        for i in range(50):
+            user = {"USER_ID": f"u{i}", "AGE": 30, "MEMBERSHIP": "gold"}
+            pipeline.ingest(SourceRecord("crm.users", 0, i, None, json.dumps(user).encode()))
+        await wait_until(lambda: len(personalize.state.get(users_arn, {})) == 50, timeout=2.5, what="every user")
+        assert len(personalize.state[ITEMS_ARN]) == 10  # the items quota still holds its second call back
+    finally:
+        await pipeline.stop()
+
+
+async def test_a_throttled_dataset_in_retry_back_off_holds_no_call_slot() -> None:
+    """One slot; every items call is throttled and retried with back-offs of up to 2 s: the users must not wait
+    behind those sleeps (nothing is on the wire while a call backs off)."""
+    users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+    s = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={
+            "rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0},
+            "max_in_flight": 1,
+            "retry": {"base_delay_s": 1.0, "max_delay_s": 2.0, "max_attempts": 50},
+        },
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": users_arn, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1},
+    )
+    personalize, metrics = FakePersonalize(), Metrics()
+    personalize.on_call = lambda arn, _: (
+        personalize.fail_next.append(client_error("ThrottlingException")) if arn == ITEMS_ARN else None
+    )
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        for i in range(10):
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(lambda: len(personalize.calls) >= 2, timeout=5, what="the items call to be retried")
+        for i in range(50):
+            user = {"USER_ID": f"u{i}", "AGE": 30, "MEMBERSHIP": "gold"}
+            pipeline.ingest(SourceRecord("crm.users", 0, i, None, json.dumps(user).encode()))
+        await wait_until(lambda: len(personalize.state.get(users_arn, {})) == 50, timeout=1.5, what="every user")
+        assert ITEMS_ARN not in personalize.state  # still throttled, still retrying
+    finally:
+        await pipeline.stop()
 
 
 async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> None:
