@@ -138,7 +138,7 @@ async def main(a: argparse.Namespace) -> int:
                     str(cfg),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
-                    env=dict(os.environ),
+                    env={**os.environ, **dict(kv.split("=", 1) for kv in a.env)},
                 )
                 samples: list[tuple[float, float, int, int, int]] = []  # t, RSS, records sent, calls ok, buffered
                 start = time.monotonic()
@@ -192,5 +192,6 @@ if __name__ == "__main__":
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-buffered", type=int, default=0, help="batching.max_buffered_records (default: the service's)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the ingestor's process")
     p.add_argument("--no-quotas", action="store_true", help="let the endpoint take calls as fast as they come")
     sys.exit(asyncio.run(main(p.parse_args())))
