@@ -94,8 +94,11 @@ class KafkaSettings(_Frozen):
     rebalance_timeout_ms: int = Field(30_000, ge=1_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     fetch_max_records: int = Field(1_000, ge=1, description="records one getmany() may return")
-    fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="bytes one fetch may prefetch (all partitions)")
-    max_partition_fetch_bytes: int = Field(1024 * 1024, ge=1024, description="bytes one fetch may hold per partition")
+    # aiokafka keeps one fetched response per partition in memory until it is consumed (and fetches it again after
+    # a pause). At 8 MB / 1 MB these buffers were the largest share of the memory under a backlog (issue 9,
+    # bench/bench_memory.py); 1 MB still holds thousands of records, far more than the API quota sends in a second.
+    fetch_max_bytes: int = Field(1024 * 1024, ge=1024, description="bytes one fetch may prefetch (all partitions)")
+    max_partition_fetch_bytes: int = Field(256 * 1024, ge=1024, description="bytes one fetch may hold per partition")
     fetch_max_wait_ms: int = Field(
         500, ge=0, description="how long the broker may hold a fetch for data; an upper bound on idle fetch latency"
     )
@@ -224,7 +227,7 @@ class Route(_Frozen):
 class BatchingSettings(_Frozen):
     max_records: int = Field(10, ge=1, le=10, description="records per PutItems/PutUsers call (the API allows 10)")
     linger_ms: int = Field(50, ge=0)
-    max_buffered_records: int = Field(10_000, ge=10, description="above this, the busiest partitions are paused")
+    max_buffered_records: int = Field(10_000, ge=10, description="at this, every partition is paused")
 
 
 class MetricsSettings(_Frozen):

@@ -97,10 +97,14 @@ class KafkaSource:
     # ------------------------------------------------------------------ fetch loop
 
     async def run(self) -> None:
-        """Fetch and ingest until ``stop_fetching``; backpressure pauses the busiest partitions."""
+        """Fetch and ingest until ``stop_fetching``; backpressure keeps fetched, not-done records within the bound."""
         max_records = self.settings.kafka.fetch_max_records
         while not self._stopping:
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=max_records)
+            room = self._backpressure()
+            # Never fetch more than the bound has room for: one getmany may otherwise hand over a whole
+            # fetch_max_records (from several partitions' prefetched batches) on top of a nearly full buffer.
+            # At no room every partition is paused, so this returns nothing but still counts as a poll.
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=max(1, min(max_records, room)))
             self.last_fetch_ok = self._clock()
             if self._stopping:
                 break  # fetched but not ingested: not tracked, so never committed; read again later
@@ -113,34 +117,37 @@ class KafkaSource:
                         )
                     )
                 consumed.inc(len(records))
-            self._backpressure()
             self.metrics.buffered.set(self.pipeline.buffered)
             await asyncio.sleep(0)
 
     def stop_fetching(self) -> None:
         self._stopping = True
 
-    def _backpressure(self) -> None:
+    def _backpressure(self) -> int:
+        """Pause or resume fetching; returns how many more records the bound has room for now.
+
+        At the bound every assigned partition is paused (pausing only the busiest let the others go on fetching,
+        and their prefetched batches arrived on top), and aiokafka drops the paused partitions' prefetched data.
+        Below ``RESUME_BELOW`` of the bound all are resumed together; the caller caps each fetch to the room left,
+        so resuming every partition at once cannot overshoot either.
+        """
         limit = self.settings.batching.max_buffered_records
         total = self.pipeline.buffered
-        assigned = self.assignment()
-        if total > limit:
-            # Pause the busiest partitions first until what stays unpaused holds less than the limit.
-            by_size = sorted(self.pipeline.tracker.pending_by_partition().items(), key=lambda kv: -kv[1])
-            excess = total - limit
-            for tp, size in by_size:
-                if excess <= 0 or size == 0:
-                    break
-                if tp not in self._paused and tp in assigned:
-                    self.consumer.pause(_theirs(tp))
-                    self._paused.add(tp)
-                excess -= size
+        if total >= limit:
+            self._pause_all(self.assignment())
         elif self._paused and total < limit * RESUME_BELOW:
-            resume = [tp for tp in self._paused if tp in assigned]
+            resume = self._paused & self.assignment()
             if resume:
                 self.consumer.resume(*(_theirs(tp) for tp in resume))
             self._paused.clear()
         self.metrics.paused_partitions.set(len(self._paused))
+        return limit - total
+
+    def _pause_all(self, assigned: set[TopicPartition]) -> None:
+        new = assigned - self._paused
+        if new:
+            self.consumer.pause(*(_theirs(tp) for tp in new))
+        self._paused = set(assigned)
 
     # ------------------------------------------------------------------ commits
 
@@ -223,11 +230,15 @@ class KafkaSource:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
-        # After a rebalance every partition comes back unpaused: re-apply ours before any await.
-        keep = {tp for tp in self._paused if tp in assigned}
-        if keep:
-            self.consumer.pause(*(_theirs(tp) for tp in keep))
-        self._paused = keep
+        # After a rebalance every partition comes back unpaused: re-apply the pauses before any await, and pause
+        # the new partitions too while the buffer is at its bound (records of partitions kept across the rebalance
+        # may still be buffered).
+        keep = self._paused & assigned
+        if self.pipeline.buffered >= self.settings.batching.max_buffered_records:
+            keep = set(assigned)
+        self._paused = set()
+        self._pause_all(keep)
+        self.metrics.paused_partitions.set(len(self._paused))
         shares = []
         for (group, api), limiter in self.pipeline.limiters.items():
             share = self._partition_share(assigned, self.pipeline.limiter_topics[(group, api)])

@@ -1,4 +1,4 @@
-"""In-memory fakes of the I/O edges: the Personalize Events client and the DLQ producer."""
+"""In-memory fakes of the I/O edges: the Personalize Events client, the DLQ producer and the Kafka consumer."""
 
 from __future__ import annotations
 
@@ -103,3 +103,92 @@ class FakeProducer:
 
     def headers_of(self, index: int) -> dict[str, str]:
         return {k: v.decode() for k, v in self.sent[index][3]}
+
+
+@dataclass
+class FakeRecord:
+    """What aiokafka's ``getmany`` hands over (the fields the source reads)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = 0
+
+
+@dataclass
+class FakeConsumer:
+    """The consumer side of aiokafka as the source uses it, with a backlog to fetch from.
+
+    Like aiokafka, it keeps one prefetched batch per assigned, unpaused partition (up to ``prefetch`` records, the
+    stand-in for ``max_partition_fetch_bytes``); ``getmany(max_records=n)`` drains those batches partition after
+    partition until it has ``n`` records; a paused partition's prefetched batch is dropped and fetched again after it
+    is resumed. ``backlog[tp]`` is how many records the partition holds; ``value(tp, offset)`` makes their values.
+    """
+
+    assigned: set[Any] = field(default_factory=set)
+    paused: set[Any] = field(default_factory=set)
+    commits: list[dict[Any, int]] = field(default_factory=list)
+    commit_error: Exception | None = None
+    partitions: int = 4
+    backlog: dict[Any, int] = field(default_factory=dict)
+    value: Callable[[Any, int], bytes] = lambda tp, offset: b"{}"
+    prefetch: int = 500
+    positions: dict[Any, int] = field(default_factory=dict)
+    prefetched: dict[Any, list[FakeRecord]] = field(default_factory=dict)
+    polls: int = 0
+
+    def assignment(self) -> set[Any]:
+        return set(self.assigned)
+
+    def pause(self, *tps: Any) -> None:
+        assert set(tps) <= self.assigned, "pause() on an unassigned partition raises in aiokafka"
+        self.paused |= set(tps)
+
+    def resume(self, *tps: Any) -> None:
+        self.paused -= set(tps)
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        assert offsets, "commit() without offsets commits every fetched position (aiokafka #929)"
+        assert set(offsets) <= self.assigned, "commit() of an unassigned partition raises IllegalStateError"
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.commits.append(dict(offsets))
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    async def getmany(self, *, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[FakeRecord]]:
+        assert max_records is None or max_records >= 1, "aiokafka rejects max_records < 1"
+        self.polls += 1
+        await asyncio.sleep(0)
+        for tp in sorted(self.assigned - self.paused, key=str):  # the background prefetch
+            if tp not in self.prefetched:
+                start, end = self.positions.get(tp, 0), self.backlog.get(tp, 0)
+                if start < end:
+                    batch = range(start, min(end, start + self.prefetch))
+                    self.prefetched[tp] = [
+                        FakeRecord(tp.topic, tp.partition, o, None, self.value(tp, o)) for o in batch
+                    ]
+        out: dict[Any, list[FakeRecord]] = {}
+        room = max_records if max_records is not None else float("inf")
+        for tp in list(self.prefetched):
+            if tp in self.paused or tp not in self.assigned:
+                del self.prefetched[tp]  # dropped; fetched again from the position after resume
+                continue
+            if room <= 0:
+                continue
+            batch = self.prefetched[tp]
+            take, rest = batch[: int(min(room, len(batch)))], batch[int(min(room, len(batch))) :]
+            out[tp] = take
+            room -= len(take)
+            self.positions[tp] = take[-1].offset + 1
+            if rest:
+                self.prefetched[tp] = rest
+            else:
+                del self.prefetched[tp]
+        if not out:
+            await asyncio.sleep(min(timeout_ms, 5) / 1000)
+        return out

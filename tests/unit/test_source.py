@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,52 +16,35 @@ from ingestor.model import SourceRecord, TopicPartition
 from ingestor.pipeline import Pipeline
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
-from tests.fakes import FakePersonalize, FakeProducer
+from tests.conftest import wait_until
+from tests.fakes import FakeConsumer, FakePersonalize, FakeProducer
 
 CONFIG = Path(__file__).parents[2] / "config"
 TOPIC = "catalog.items"
 ARN = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS"
 
 
-@dataclass
-class FakeConsumer:
-    assigned: set[KafkaTP] = field(default_factory=set)
-    paused: set[KafkaTP] = field(default_factory=set)
-    commits: list[dict[KafkaTP, int]] = field(default_factory=list)
-    commit_error: Exception | None = None
-    partitions: int = 4
-
-    def assignment(self) -> set[KafkaTP]:
-        return set(self.assigned)
-
-    def pause(self, *tps: KafkaTP) -> None:
-        assert set(tps) <= self.assigned, "pause() on an unassigned partition raises in aiokafka"
-        self.paused |= set(tps)
-
-    def resume(self, *tps: KafkaTP) -> None:
-        self.paused -= set(tps)
-
-    async def commit(self, offsets: dict[KafkaTP, int]) -> None:
-        assert offsets, "commit() without offsets commits every fetched position (aiokafka #929)"
-        assert set(offsets) <= self.assigned, "commit() of an unassigned partition raises IllegalStateError"
-        if self.commit_error is not None:
-            raise self.commit_error
-        self.commits.append(dict(offsets))
-
-    def partitions_for_topic(self, topic: str) -> set[int]:
-        return set(range(self.partitions))
-
-
-def make(max_buffered: int = 100, commit_timeout_s: float = 10.0) -> tuple[KafkaSource, FakeConsumer, Pipeline]:
+def make(
+    max_buffered: int = 100,
+    commit_timeout_s: float = 10.0,
+    *,
+    fetch_max_records: int = 1_000,
+    personalize: FakePersonalize | None = None,
+    rate: float = 10.0,
+) -> tuple[KafkaSource, FakeConsumer, Pipeline]:
     settings = Settings(
-        kafka={"dead_letter_topic": "dlq", "commit_timeout_s": commit_timeout_s},
+        kafka={
+            "dead_letter_topic": "dlq",
+            "commit_timeout_s": commit_timeout_s,
+            "fetch_max_records": fetch_max_records,
+        },
         routes=[{"topic": TOPIC, "kind": "items", "dataset_arn": ARN, "schema": CONFIG / "schemas/items.avsc"}],
-        batching={"max_buffered_records": max_buffered},
+        batching={"max_buffered_records": max_buffered, "linger_ms": 0},
+        personalize={"rate_limits": {"PutItems": rate}},
     )
     metrics = Metrics()
-    pipeline = Pipeline(
-        settings, Sender(FakePersonalize(), metrics, settings.personalize.retry), FakeProducer(), metrics
-    )
+    sender = Sender(personalize or FakePersonalize(), metrics, settings.personalize.retry)
+    pipeline = Pipeline(settings, sender, FakeProducer(), metrics)
     consumer = FakeConsumer(assigned={KafkaTP(TOPIC, p) for p in range(4)})
     return KafkaSource(settings, pipeline, metrics, consumer=consumer), consumer, pipeline  # type: ignore[arg-type]
 
@@ -73,18 +55,64 @@ def fill(pipeline: Pipeline, partition: int, count: int, start: int = 0) -> None
         pipeline.ingest(SourceRecord(TOPIC, partition, off, None, json.dumps(value).encode()))
 
 
-async def test_backpressure_pauses_the_busiest_partitions_then_resumes() -> None:
+def value(tp: KafkaTP, offset: int) -> bytes:
+    return json.dumps({"ITEM_ID": f"p{tp.partition}-{offset}", "PRICE": 1, "CREATION_TIMESTAMP": 1}).encode()
+
+
+async def test_backpressure_pauses_every_partition_at_the_bound_then_resumes_below_75_percent() -> None:
     source, consumer, pipeline = make(max_buffered=100)
-    fill(pipeline, 0, 80)
+    fill(pipeline, 0, 60)
     fill(pipeline, 1, 30)
-    fill(pipeline, 2, 5)
-    source._backpressure()
-    assert consumer.paused == {KafkaTP(TOPIC, 0)}  # 115 buffered > 100: pausing the busiest is enough
-    assert source.metrics.paused_partitions._value.get() == 1
-    for off in range(80):  # partition 0 drains
+    assert source._backpressure() == 10  # room left under the bound
+    assert consumer.paused == set()
+    fill(pipeline, 2, 10)
+    assert source._backpressure() == 0
+    # at the bound nothing may be fetched, so every partition is paused, not only the busiest: an unpaused one
+    # would keep fetching on top of the bound
+    assert consumer.paused == {KafkaTP(TOPIC, p) for p in range(4)}
+    assert source.metrics.paused_partitions._value.get() == 4
+    for off in range(20):
         pipeline.tracker.done(TopicPartition(TOPIC, 0), off, 0)
     source._backpressure()
-    assert consumer.paused == set()  # 35 < 75 % of the limit: resumed
+    assert len(consumer.paused) == 4  # 80 is not below 75 % of the limit: still paused (hysteresis)
+    for off in range(20, 30):
+        pipeline.tracker.done(TopicPartition(TOPIC, 0), off, 0)
+    assert source._backpressure() == 30
+    assert consumer.paused == set()  # 70 < 75: all resumed
+
+
+async def test_the_fetch_loop_never_buffers_more_than_the_bound() -> None:
+    """A backlog on 4 partitions, prefetched batches bigger than the room left: buffered ≤ bound at every record."""
+    personalize = FakePersonalize(gate=asyncio.Event())  # nothing is delivered until the gate opens
+    source, consumer, pipeline = make(max_buffered=100, fetch_max_records=30, personalize=personalize, rate=10_000.0)
+    consumer.backlog = {tp: 1_000 for tp in consumer.assigned}
+    consumer.value = value
+    consumer.prefetch = 40
+    peak = 0
+    ingest = pipeline.ingest
+
+    def ingest_and_watch(rec: SourceRecord) -> None:
+        nonlocal peak
+        ingest(rec)
+        peak = max(peak, pipeline.buffered)
+
+    pipeline.ingest = ingest_and_watch  # type: ignore[method-assign]
+    pipeline.start()
+    loop = asyncio.create_task(source.run())
+    try:
+        await wait_until(lambda: consumer.paused == consumer.assigned, timeout=10, what="every partition paused")
+        assert pipeline.buffered == 100
+        polls = consumer.polls
+        await wait_until(lambda: consumer.polls >= polls + 3, timeout=10, what="polls while paused")
+        assert pipeline.buffered == 100  # paused: polled (max_poll_interval_ms) but nothing more fetched
+        personalize.gate.set()  # type: ignore[union-attr]
+        await wait_until(lambda: len(personalize.calls) >= 150, timeout=20, what="deliveries through resumes")
+    finally:
+        source.stop_fetching()
+        await loop
+        await pipeline.stop()
+    assert sum(len(records) for _, records in personalize.calls) >= 1_000
+    assert peak <= 100, f"{peak} records buffered with a bound of 100"
 
 
 async def test_pauses_are_reapplied_after_a_rebalance_for_partitions_still_owned() -> None:
@@ -92,14 +120,29 @@ async def test_pauses_are_reapplied_after_a_rebalance_for_partitions_still_owned
     fill(pipeline, 0, 20)
     fill(pipeline, 3, 20)
     source._backpressure()
-    assert consumer.paused == {KafkaTP(TOPIC, 0), KafkaTP(TOPIC, 3)}
-    # the group rebalanced: aiokafka hands partitions back unpaused; we keep partition 0 only
+    assert consumer.paused == {KafkaTP(TOPIC, p) for p in range(4)}
+    # the group rebalanced: aiokafka hands partitions back unpaused; we keep partition 0 and get partition 1, and
+    # the records still buffered hold the bound: both are paused before anything is fetched
     consumer.paused.clear()
     consumer.assigned = {KafkaTP(TOPIC, 0), KafkaTP(TOPIC, 1)}
     await source.on_assigned({TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)})
-    assert consumer.paused == {KafkaTP(TOPIC, 0)}
+    assert consumer.paused == {KafkaTP(TOPIC, 0), KafkaTP(TOPIC, 1)}
+    assert source.metrics.paused_partitions._value.get() == 2
     limiter = next(iter(pipeline.limiters.values()))
     assert limiter.rate == pytest.approx(10.0 * 2 / 4)  # quota share = 2 of the topic's 4 partitions
+
+
+async def test_after_a_rebalance_that_emptied_the_buffer_nothing_stays_paused() -> None:
+    source, consumer, pipeline = make(max_buffered=10)
+    fill(pipeline, 0, 20)
+    source._backpressure()
+    assert len(consumer.paused) == 4
+    await source.on_revoked({TopicPartition(TOPIC, p) for p in range(4)})  # eager: everything revoked, dropped
+    assert pipeline.buffered == 0
+    consumer.paused.clear()
+    await source.on_assigned({TopicPartition(TOPIC, p) for p in range(4)})
+    assert consumer.paused == set()
+    assert source._backpressure() == 10
 
 
 async def test_commit_passes_explicit_offsets_of_owned_partitions_only() -> None:
