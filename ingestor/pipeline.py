@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ingestor.batcher import DatasetBuffer, Pending
-from ingestor.codec import decode
 from ingestor.config import Route, Settings
 from ingestor.deadletter import DeadLetterQueue, Producer
-from ingestor.errors import DeliveryError, FatalRouteError, RecordError
+from ingestor.errors import DeliveryError, FatalRouteError
+from ingestor.intake import Delete, Rejected, prepare
 from ingestor.metrics import Metrics
-from ingestor.model import Op, SourceRecord, TopicPartition
+from ingestor.model import SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
 from ingestor.ratelimit import RateLimiter
 from ingestor.schema import DatasetSchema
@@ -117,36 +117,18 @@ class Pipeline:
         topic = self._topics[rec.topic]
         epoch = self.tracker.track(rec.tp, rec.offset)
         arn = topic.dataset.target.dataset_arn
-        try:
-            change = decode(rec, topic.schema.kind, topic.route.format)
-        except RecordError as exc:
-            self._dead_letter(rec, epoch, exc.stage, str(exc), type(exc).__name__, arn)
+        result = prepare(rec, topic.schema, topic.route.format)  # the same rules as the bulk path
+        if isinstance(result, Rejected):
+            self._dead_letter(rec, epoch, result.stage, result.reason, result.error_class, arn)
             return
-        except Exception as exc:  # a poison record must never block: DLQ it, loudly
-            log.exception("unexpected error decoding %s", rec.where)
-            self._dead_letter(
-                rec, epoch, "decode", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn
-            )
-            return
-        if change.op is Op.DELETE:
+        if isinstance(result, Delete):
             # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
-            log.debug("skipping delete/tombstone %s (id %s)", rec.where, change.record_id)
+            log.debug("skipping delete/tombstone %s (id %s)", rec.where, result.record_id)
             self.tracker.done(rec.tp, rec.offset, epoch)
             return
-        try:
-            request = topic.schema.build_record(change.record_id, change.fields)
-        except RecordError as exc:
-            self._dead_letter(rec, epoch, exc.stage, f"{rec.where}: {exc}", type(exc).__name__, arn)
-            return
-        except Exception as exc:
-            log.exception("unexpected error validating %s", rec.where)
-            reason = f"{rec.where}: {type(exc).__name__}: {exc}"
-            self._dead_letter(rec, epoch, "validate", reason, type(exc).__name__, arn)
-            return
         ds = topic.dataset
-        assert change.record_id is not None  # build_record checked it
-        if ds.buffer.add(Pending(rec, change.record_id, request, epoch=epoch), self._clock()):
+        if ds.buffer.add(Pending(rec, result.record_id, result.request, epoch=epoch), self._clock()):
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
 
