@@ -72,6 +72,8 @@ class Service:
         self.source: KafkaSource | None = None
         self.health: HealthServer | None = None
         self._progress_at = time.monotonic()
+        self._bulk = contextlib.AsyncExitStack()  # the bulk catch-up's clients, when bulk.catch_up_after_s > 0
+        self.catch_up: Any = None
 
     # ------------------------------------------------------------------ health
 
@@ -150,11 +152,24 @@ class Service:
         )
         pipeline.on_failure = self.stop_requested.set
         source = self.source = KafkaSource(s, pipeline, self.metrics)
+        if s.bulk.catch_up_after_s > 0:
+            from ingestor.bulk.catchup import catch_up
+
+            try:  # before the consumer joins: datasets are held until the control plane was asked
+                self.catch_up = await self._bulk.enter_async_context(
+                    catch_up(s, pipeline, source, producer, self.metrics.registry)
+                )
+            except ConfigError as exc:
+                log.error("%s", exc)
+                await self._bulk.aclose()
+                return EXIT_CONFIG
         if not await self._start_with_retry(source.start, "the consumer"):
             await source.stop()
             return EXIT_OK
         await source.check_broker()
         pipeline.start()
+        if self.catch_up is not None:
+            self.catch_up.start()
         fetch = asyncio.create_task(source.run(), name="fetch")
         commits = asyncio.create_task(self._commit_loop(source), name="commit")
         stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
@@ -163,6 +178,7 @@ class Service:
             await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            await self._bulk.aclose()  # a running import job stays; a restart holds its dataset until it ends
             source.stop_fetching()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):

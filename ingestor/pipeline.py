@@ -40,6 +40,13 @@ class Dataset:
     fatal: FatalRouteError | None = None
     resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
     stalled: str | None = None  # why the retry budget ran out (block mode) until a call succeeds again: not ready
+    open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: bulk catch-up holds this dataset
+
+
+def _opened() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +160,7 @@ class Pipeline:
         buf = ds.buffer
         while ds.fatal is None:
             await self._open.wait()
+            await ds.open.wait()  # held while an import job of this dataset runs (invariant 8)
             now = self._clock()
             due = buf.due_in(now)
             if due is not None and ds.resume_at > now:

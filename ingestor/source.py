@@ -78,6 +78,8 @@ class KafkaSource:
         )
         self._clock = clock
         self._paused: set[TopicPartition] = set()
+        self.held: set[TopicPartition] = set()  # paused by the bulk catch-up until its import job finishes
+        self.on_assigned_hooks: list[Callable[[set[TopicPartition]], None]] = []
         self._stopping = False
         self.joined = False
         self.last_fetch_ok: float | None = None
@@ -113,6 +115,24 @@ class KafkaSource:
             self.metrics.buffered.set(self.pipeline.buffered)
             await asyncio.sleep(0)
 
+    def hold(self, partitions: set[TopicPartition]) -> None:
+        """Stop fetching these (assigned) partitions until ``release`` (bulk catch-up)."""
+        partitions &= self.assignment()
+        self.held |= partitions
+        if partitions:
+            self.consumer.pause(*(_theirs(tp) for tp in partitions))
+
+    def release(self, partitions: set[TopicPartition], seek_to: dict[TopicPartition, int] | None = None) -> None:
+        """Fetch these partitions again, from ``seek_to`` where given (the cut of a finished import)."""
+        self.held -= partitions
+        owned = self.assignment()
+        for tp, offset in (seek_to or {}).items():
+            if tp in owned:
+                self.consumer.seek(_theirs(tp), offset)
+        resume = [tp for tp in partitions if tp in owned and tp not in self._paused]
+        if resume:
+            self.consumer.resume(*(_theirs(tp) for tp in resume))
+
     def stop_fetching(self) -> None:
         self._stopping = True
 
@@ -132,7 +152,7 @@ class KafkaSource:
                     self._paused.add(tp)
                 excess -= size
         elif self._paused and total < limit * RESUME_BELOW:
-            resume = [tp for tp in self._paused if tp in assigned]
+            resume = [tp for tp in self._paused if tp in assigned and tp not in self.held]
             if resume:
                 self.consumer.resume(*(_theirs(tp) for tp in resume))
             self._paused.clear()
@@ -216,9 +236,12 @@ class KafkaSource:
         self.joined = True
         # After a rebalance every partition comes back unpaused: re-apply ours before any await.
         keep = {tp for tp in self._paused if tp in assigned}
-        if keep:
-            self.consumer.pause(*(_theirs(tp) for tp in keep))
+        self.held &= assigned
+        if keep | self.held:
+            self.consumer.pause(*(_theirs(tp) for tp in keep | self.held))
         self._paused = keep
+        for hook in self.on_assigned_hooks:
+            hook(assigned)
         shares = []
         for (group, api), limiter in self.pipeline.limiters.items():
             share = self._partition_share(assigned, self.pipeline.limiter_topics[(group, api)])

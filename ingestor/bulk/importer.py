@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -121,9 +121,9 @@ def offsets_from_json(data: dict[str, int]) -> dict[TopicPartition, int]:
 class Progress:
     """One refreshing line with a bar on a terminal; a log line every ``every_s`` otherwise."""
 
-    def __init__(self, out: TextIO | None = None, every_s: float = 5.0) -> None:
+    def __init__(self, out: TextIO | None = None, every_s: float = 5.0, *, tty: bool | None = None) -> None:
         self.out = out or sys.stderr
-        self.tty = self.out.isatty()
+        self.tty = self.out.isatty() if tty is None else tty
         self.every_s = every_s
         self._last = 0.0
         self._started = time.monotonic()
@@ -191,8 +191,10 @@ class Importer:
         progress: Progress | None = None,
         metrics: Metrics | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        commit: Callable[[dict[TopicPartition, int]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self._commit_to = commit  # where the range's end is committed (default: this consumer's group)
         self.consumer = consumer
         self.jobs = jobs
         self.s3 = s3
@@ -234,11 +236,28 @@ class Importer:
             if found is not None:  # a re-run after a crash: finish what was started, never import twice
                 return await self._resume(rng, base, found, result)
         rng.end = await self._end_offsets(tps, rng.start)
+        return await self.import_range(rng, base, mode, earlier, result, dry_run=dry_run, output=output)
+
+    async def import_range(
+        self,
+        rng: DatasetRange,
+        base: str,
+        mode: str,
+        earlier: list[ImportJob],
+        result: ImportResult,
+        *,
+        dry_run: bool = False,
+        output: Path | None = None,
+    ) -> ImportResult:
+        """Read [start, end) of ``rng``, stage it, run the job named after ``base`` and commit ``end`` at ACTIVE."""
         result.records = rng.records
         if rng.records == 0:
             self.progress.done(f"{rng.dataset_arn}: nothing to import (offsets {offsets_to_json(rng.start)})")
             result.outcome = "nothing-to-import"
             return result
+        self.consumer.assign([KafkaTP(tp.topic, tp.partition) for tp in rng.end])
+        for tp, offset in rng.start.items():
+            self.consumer.seek(KafkaTP(tp.topic, tp.partition), offset)
         with LatestStore(self.settings.bulk.work_dir) as store:
             await self._read(rng, store, result, dry_run)
             result.rows = len(store)
@@ -261,9 +280,8 @@ class Importer:
             attempt = len(jobs_of(base, earlier)) + 1
             name = job_attempt_name(base, attempt)
             location = await self._stage(rng, base, name, store, result)
-        import_mode = self._mode(mode, earlier)
-        result.job_name, result.mode = name, import_mode
-        job = await self._create(rng.dataset_arn, name, location, import_mode)
+        result.job_name = name
+        job = await self._create(rng.dataset_arn, name, location, mode)
         return await self._finish(rng, job, result)
 
     # ------------------------------------------------------------------ Kafka side
@@ -371,6 +389,9 @@ class Importer:
         )
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._commit_to is not None:
+            await self._commit_to(offsets)
+            return
         commit = {KafkaTP(tp.topic, tp.partition): o for tp, o in offsets.items()}
         try:
             async with asyncio.timeout(self.settings.kafka.commit_timeout_s):
@@ -437,15 +458,21 @@ class Importer:
         had_import = any(j.status is JobStatus.ACTIVE for j in earlier)
         return ImportMode.INCREMENTAL if had_import else ImportMode.FULL
 
-    async def _create(self, dataset_arn: str, name: str, location: str, mode: ImportMode) -> ImportJob:
+    async def _create(self, dataset_arn: str, name: str, location: str, mode: str) -> ImportJob:
+        """Create the job, waiting while another import of the dataset runs (ResourceInUse / LimitExceeded).
+
+        In auto mode the job history is read again right before each attempt: an import that became ACTIVE
+        meanwhile (another replica's) must make this one INCREMENTAL, or a FULL import would replace its rows."""
         assert self.jobs is not None
         role_arn = self.settings.bulk.role_arn or ""
         deadline = time.monotonic() + self.settings.bulk.job_timeout_s
         while True:
+            earlier = await self.jobs.list_import_jobs(dataset_arn) if mode == "auto" else []
+            import_mode = self._mode(mode, earlier)
             try:
-                arn = await self.jobs.create_import_job(name, dataset_arn, location, role_arn, mode)
-                log.info("created import job %s (%s) for %s from %s", name, mode.value, dataset_arn, location)
-                return ImportJob(arn, name, JobStatus.PENDING, mode)
+                arn = await self.jobs.create_import_job(name, dataset_arn, location, role_arn, import_mode)
+                log.info("created import job %s (%s) for %s from %s", name, import_mode.value, dataset_arn, location)
+                return ImportJob(arn, name, JobStatus.PENDING, import_mode)
             except JobNameTaken:  # another importer created it in the meantime: wait for that one
                 jobs = await self.jobs.list_import_jobs(dataset_arn)
                 job = next((j for j in jobs if j.name == name), None)

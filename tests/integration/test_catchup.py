@@ -1,0 +1,93 @@
+"""Catch-up inside ``ingestor run``: a backlog beyond bulk.catch_up_after_s goes through an import job; newer records
+of the same ids arriving while the job runs are streamed only after it is ACTIVE, so the newest record wins."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from ingestor.app import EXIT_OK, Service
+from ingestor.bulk import catchup
+from ingestor.kafka_tools import create_topics, produce, read_topic
+from ingestor.model import TopicPartition as Tp
+from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Expectation, StreamSpec, generate
+from tests.conftest import wait_until
+from tests.integration.test_service import ITEMS_ARN, USERS_ARN, service_settings
+
+pytestmark = pytest.mark.integration
+
+ROLE = "arn:aws:iam::123456789012:role/PersonalizeS3"
+
+
+async def test_backlog_switches_to_an_import_and_newer_records_win(
+    broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
+) -> None:
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    suffix = unique("cu")
+    items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 2, users: 2, dlq: 1})
+    rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
+    expect = Expectation()
+    ends: dict[TopicPartition, int] = {}
+
+    async def send(count: int, seed: int) -> None:
+        events = list(generate(count, StreamSpec(items=400, users=150, bad_share=0.02, seed=seed)))
+        for e in events:
+            expect.add(e)
+        last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+        for tp, off in last.items():
+            ends[tp] = max(ends.get(tp, 0), off + 1)
+
+    await send(4000, seed=21)  # ≈ 2,600 item and 1,400 user changes: minutes at 100 records/s each
+    emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 3.0})
+    settings = service_settings(
+        broker.bootstrap_servers,
+        emu.url,
+        suffix,
+        bulk={
+            "s3_uri": f"s3://{s3_bucket}/catch-up/",
+            "s3_endpoint_url": s3_server.url,
+            "role_arn": ROLE,
+            "catch_up_after_s": 5,
+            "poll_interval_s": 0.2,
+        },
+    )
+    service = Service(settings, registry=CollectorRegistry())
+    run = asyncio.create_task(service.run())
+    try:
+        await wait_until(lambda: len(emu.service.imports.jobs) >= 2 or run.done(), timeout=60, what="import jobs")
+        assert not run.done()
+        await send(600, seed=22)  # newer records of the same ids while the jobs run
+
+        async def caught_up() -> bool:
+            if run.done() or service.pipeline is None:
+                return run.done()
+            committed = service.pipeline.tracker._committed
+            return all(committed.get(Tp(tp.topic, tp.partition)) == off for tp, off in ends.items())
+
+        await wait_until(caught_up, timeout=120, what="commits to reach the end of every partition")
+        assert not run.done()
+        jobs = list(emu.service.imports.jobs.values())
+        assert {j.dataset_arn for j in jobs} == {ITEMS_ARN, USERS_ARN}
+        assert all(j.status == "ACTIVE" for j in jobs)
+        stats = await emu.client.stats()
+        streamed = stats["records"]["PutItems"]["ok"] + stats["records"]["PutUsers"]["ok"]
+        assert streamed < 4000  # most of the backlog went through the imports
+        jobs_total = {
+            sample.labels["status"]: sample.value
+            for metric in service.metrics.registry.collect()
+            for sample in metric.samples
+            if sample.name == "ingestor_import_jobs_total"
+        }
+        assert jobs_total == {"ACTIVE": 2.0}
+    finally:
+        service.stop_requested.set()
+        assert await asyncio.wait_for(run, 30) == EXIT_OK
+
+    assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
+    assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
+    dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
+    assert {r.value for r in dead} == {e.value for e in expect.invalid}  # at least once each, nothing else
