@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
@@ -80,6 +80,7 @@ class KafkaSource:
         self._paused: set[TopicPartition] = set()
         self.held: set[TopicPartition] = set()  # paused by the bulk catch-up until its import job finishes
         self.on_assigned_hooks: list[Callable[[set[TopicPartition]], None]] = []
+        self.on_revoked_hooks: list[Callable[[set[TopicPartition]], Awaitable[None]]] = []
         self._stopping = False
         self.joined = False
         self.last_fetch_ok: float | None = None
@@ -222,6 +223,8 @@ class KafkaSource:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
+        for hook in self.on_revoked_hooks:
+            await hook(revoked)
         budget = self.settings.shutdown.drain_budget_s
         log.info("partitions revoked: %s; finishing in-flight work (budget %.0fs)", sorted(map(str, revoked)), budget)
         await self.pipeline.revoke(revoked, budget)

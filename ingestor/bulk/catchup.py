@@ -138,11 +138,13 @@ class CatchUp:
         self._unchecked: set[str] = set(self._datasets)
         self._foreign: set[str] = set()  # datasets held for a running job (any member's)
         self._switching: dict[str, asyncio.Task[None]] = {}
+        self._switch_state: dict[str, tuple[set[TopicPartition], ImportResult]] = {}
         self._backoff_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         for ds in self._datasets.values():
             ds.open.clear()  # held until the control plane says no import job of it runs
         source.on_assigned_hooks.append(self.on_assigned)
+        source.on_revoked_hooks.append(self.on_revoked)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -161,6 +163,16 @@ class CatchUp:
             if arn not in self._switching:
                 ds.open.clear()
                 self._unchecked.add(arn)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """A switch whose job is not created yet is abandoned before its partitions move to another member:
+        that member may stream them as soon as it sees no running job, so no job of their range may start later."""
+        for arn, (tps, result) in list(self._switch_state.items()):
+            task = self._switching.get(arn)
+            if task is not None and tps & revoked and result.job_arn is None:
+                log.info("%s: partitions revoked before the import job was created: abandoning the switch", arn)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _loop(self) -> None:
         while True:
@@ -234,7 +246,8 @@ class CatchUp:
         ds.open.clear()
         self.metrics.in_bulk.inc()
         start: dict[TopicPartition, int] = {}
-        result: ImportResult | None = None
+        result = ImportResult(arn, "imported")
+        self._switch_state[arn] = (tps, result)
         try:
             deadline = self._clock() + self.settings.shutdown.drain_budget_s
             while ds.buffer.in_flight and self._clock() < deadline:  # noqa: ASYNC110 - a count, no event to wait on
@@ -270,7 +283,7 @@ class CatchUp:
                     metrics=self.pipeline.metrics,
                     commit=self._commit_cut,
                 )
-                result = await importer.import_range(rng, base, "auto", earlier, ImportResult(arn, "imported"))
+                result = await importer.import_range(rng, base, "auto", earlier, result)
             finally:
                 await reader.stop()
             if result.outcome == "failed":
@@ -288,7 +301,10 @@ class CatchUp:
                 )
                 self.source.release(tps, seek_to=cut)
         except asyncio.CancelledError:
-            raise  # shutdown: nothing committed past the range; a restart holds the dataset while its job runs
+            # Shutdown or revocation: nothing committed past the range; whoever reads these partitions next holds
+            # the dataset while a job of it runs, then streams from the committed offset.
+            self.source.held -= tps
+            raise
         except Exception as exc:
             log.error(
                 "%s: catch-up failed (%s: %s); the range goes back to the streaming path", arn, type(exc).__name__, exc
@@ -299,6 +315,7 @@ class CatchUp:
             else:
                 self.source.release(tps)
         finally:
+            self._switch_state.pop(arn, None)
             self.metrics.in_bulk.dec()
             self.metrics.bulk_seconds.inc(self._clock() - started)
             ds.open.set()

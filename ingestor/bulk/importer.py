@@ -282,6 +282,7 @@ class Importer:
             location = await self._stage(rng, base, name, store, result)
         result.job_name = name
         job = await self._create(rng.dataset_arn, name, location, mode)
+        result.job_arn = job.arn  # from here on the job exists: its rows land when it finishes
         return await self._finish(rng, job, result)
 
     # ------------------------------------------------------------------ Kafka side

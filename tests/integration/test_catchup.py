@@ -91,3 +91,64 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
     assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
     dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
     assert {r.value for r in dead} == {e.value for e in expect.invalid}  # at least once each, nothing else
+
+
+async def test_two_replicas_catch_up_on_one_dataset(
+    broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
+) -> None:
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    suffix = unique("cu2")
+    items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 4, users: 2, dlq: 1})
+    rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
+    expect = Expectation()
+    events = list(generate(5000, StreamSpec(items=500, users=150, bad_share=0.02, seed=31)))
+    for e in events:
+        expect.add(e)
+    last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+    ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
+    emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 2.0})
+    settings = service_settings(
+        broker.bootstrap_servers,
+        emu.url,
+        suffix,
+        bulk={
+            "s3_uri": f"s3://{s3_bucket}/two/",
+            "s3_endpoint_url": s3_server.url,
+            "role_arn": ROLE,
+            "catch_up_after_s": 5,
+            "poll_interval_s": 0.2,
+        },
+    )
+    services = [Service(settings, registry=CollectorRegistry()) for _ in range(2)]
+    runs = [asyncio.create_task(s.run()) for s in services]
+    try:
+
+        def committed() -> dict[Tp, int]:
+            out: dict[Tp, int] = {}
+            for s in services:
+                if s.pipeline is not None:
+                    for tp, off in s.pipeline.tracker._committed.items():
+                        out[tp] = max(out.get(tp, 0), off)
+            return out
+
+        await wait_until(
+            lambda: any(r.done() for r in runs) or all(committed().get(tp) == off for tp, off in ends.items()),
+            timeout=150,
+            what="both replicas to commit the end of every partition",
+        )
+        assert not any(r.done() for r in runs)
+    finally:
+        for s in services:
+            s.stop_requested.set()
+        assert await asyncio.wait_for(asyncio.gather(*runs), 40) == [EXIT_OK, EXIT_OK]
+
+    jobs = list(emu.service.imports.jobs.values())
+    assert jobs and all(j.status == "ACTIVE" for j in jobs)
+    for arn in (ITEMS_ARN, USERS_ARN):
+        modes = [j.mode for j in jobs if j.dataset_arn == arn]  # in creation order
+        assert modes[1:] == ["INCREMENTAL"] * (len(modes) - 1)  # never a second FULL replacing a replica's rows
+    assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
+    assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
+    dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
+    assert {r.value for r in dead} == {e.value for e in expect.invalid}
