@@ -252,7 +252,9 @@ class CatchUp:
             deadline = self._clock() + self.settings.shutdown.drain_budget_s
             while ds.buffer.in_flight and self._clock() < deadline:  # noqa: ASYNC110 - a count, no event to wait on
                 await asyncio.sleep(0.05)
+            await self.pipeline.dlq.flush(self.settings.kafka.dlq_timeout_s)  # settle what intake dead-lettered
             cut, start = await self._cut(tps)
+            already_done = self.pipeline.tracker.done_checker(tps)
             ds.buffer.drop_partitions(tps)
             self.pipeline.forget(tps)
             base = job_base_name(arn, start)
@@ -283,7 +285,7 @@ class CatchUp:
                     metrics=self.pipeline.metrics,
                     commit=self._commit_cut,
                 )
-                result = await importer.import_range(rng, base, "auto", earlier, result)
+                result = await importer.import_range(rng, base, "auto", earlier, result, already_done=already_done)
             finally:
                 await reader.stop()
             if result.outcome == "failed":

@@ -248,8 +248,12 @@ class Importer:
         *,
         dry_run: bool = False,
         output: Path | None = None,
+        already_done: Callable[[TopicPartition, int], bool] | None = None,
     ) -> ImportResult:
-        """Read [start, end) of ``rng``, stage it, run the job named after ``base`` and commit ``end`` at ACTIVE."""
+        """Read [start, end) of ``rng``, stage it, run the job named after ``base`` and commit ``end`` at ACTIVE.
+
+        ``already_done(tp, offset)``: records the streaming path settled before a catch-up switch; an invalid one
+        among them is in the dead-letter topic already and is not written there twice."""
         result.records = rng.records
         if rng.records == 0:
             self.progress.done(f"{rng.dataset_arn}: nothing to import (offsets {offsets_to_json(rng.start)})")
@@ -259,7 +263,7 @@ class Importer:
         for tp, offset in rng.start.items():
             self.consumer.seek(KafkaTP(tp.topic, tp.partition), offset)
         with LatestStore(self.settings.bulk.work_dir) as store:
-            await self._read(rng, store, result, dry_run)
+            await self._read(rng, store, result, dry_run, already_done)
             result.rows = len(store)
             if dry_run:
                 out_dir = output or Path.cwd()
@@ -329,7 +333,14 @@ class Importer:
             self.consumer.seek(KafkaTP(tp.topic, tp.partition), start[tp])
         return end
 
-    async def _read(self, rng: DatasetRange, store: LatestStore, result: ImportResult, dry_run: bool) -> None:
+    async def _read(
+        self,
+        rng: DatasetRange,
+        store: LatestStore,
+        result: ImportResult,
+        dry_run: bool,
+        already_done: Callable[[TopicPartition, int], bool] | None = None,
+    ) -> None:
         schema_by_topic = {r.topic: (r.load_schema(), r.format) for r in rng.routes}
         todo = {tp for tp in rng.end if rng.end[tp] > rng.start[tp]}
         for tp in rng.end:
@@ -365,7 +376,9 @@ class Importer:
                         result.deletes += 1
                     elif isinstance(outcome, Rejected):
                         result.dead_lettered += 1
-                        if not dry_run and self._dlq is not None:
+                        if already_done is not None and already_done(tp, r.offset):
+                            dlq_done += 1  # dead-lettered by the streaming path before the switch
+                        elif not dry_run and self._dlq is not None:
                             self._dlq.add(
                                 rec, outcome.stage, outcome.reason, outcome.error_class, rng.dataset_arn, acked
                             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -55,21 +56,17 @@ class CsvRenderer:
     def header(self) -> list[str]:
         return self.columns
 
-    def row(self, record_id: str, properties: str | None) -> list[str]:
-        props: dict[str, Any] = orjson.loads(properties) if properties else {}
-        return [record_id, *(_cell(props.get(key)) for key in self._keys)]
+    def row(self, record_id: str, properties: str | None) -> list[Any]:
+        """One CSV row: the id, then each field's value (None → empty, booleans → true/false, numbers as JSON)."""
+        if not properties:
+            return [record_id, *([""] * len(self._keys))]
+        props: dict[str, Any] = orjson.loads(properties)
+        get = props.get
+        return [record_id, *[_BOOLS.get(v, v) if type(v) is bool else v for v in map(get, self._keys)]]
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+# csv writes None as an empty field and numbers with str() (repr for floats): only booleans need spelling out.
+_BOOLS: dict[Any, str] = {True: "true", False: "false"}
 
 
 @dataclass
@@ -86,18 +83,16 @@ def render_chunks(
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(renderer.header())
-    pending = 0
-    for record_id, properties in rows:
-        writer.writerow(renderer.row(record_id, properties))
-        progress.rows += 1
-        pending += 1
-        if pending >= 512 and buf.tell() >= part_size:
+    row = renderer.row
+    while batch := list(itertools.islice(rows, 1024)):
+        writer.writerows([row(record_id, properties) for record_id, properties in batch])
+        progress.rows += len(batch)
+        if buf.tell() >= part_size:
             data = buf.getvalue().encode("utf-8")
             progress.bytes += len(data)
             yield data
             buf.seek(0)
             buf.truncate()
-            pending = 0
     data = buf.getvalue().encode("utf-8")
     progress.bytes += len(data)
     yield data

@@ -4,6 +4,7 @@ of the same ids arriving while the job runs are streamed only after it is ACTIVE
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 from aiokafka import TopicPartition
@@ -90,7 +91,7 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
     assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
     assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
     dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
-    assert {r.value for r in dead} == {e.value for e in expect.invalid}  # at least once each, nothing else
+    assert Counter(r.value for r in dead) == Counter(e.value for e in expect.invalid)  # exactly once each
 
 
 async def test_two_replicas_catch_up_on_one_dataset(
@@ -151,4 +152,6 @@ async def test_two_replicas_catch_up_on_one_dataset(
     assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
     assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
     dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
-    assert {r.value for r in dead} == {e.value for e in expect.invalid}
+    # At least once each, nothing else: a cut whose commit a rebalance rejected is read again by the next owner,
+    # exactly as the streaming path re-reads after a rejected commit.
+    assert set(Counter(r.value for r in dead)) == {e.value for e in expect.invalid}
