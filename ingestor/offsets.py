@@ -40,6 +40,11 @@ class PartitionOffsets:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    @property
+    def not_done_count(self) -> int:
+        """Tracked offsets not yet done (``pending_count`` also holds done ones behind an undone offset)."""
+        return len(self._pending) - len(self._done)
+
     def done_snapshot(self) -> tuple[int | None, frozenset[int]]:
         """(every offset below this is done, the done offsets above it): what is settled right now."""
         return self.committable(), frozenset(self._done)
@@ -123,6 +128,6 @@ class OffsetTracker:
         for tp in partitions:
             part = self._parts.pop(tp, None)
             if part is not None:
-                self.pending_total -= part.pending_count
+                self.pending_total -= part.not_done_count
             self._committed.pop(tp, None)
             self._epochs[tp] = self._epochs.get(tp, 0) + 1
