@@ -71,6 +71,8 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
 
         await wait_until(caught_up, timeout=120, what="commits to reach the end of every partition")
         assert not run.done()
+        assert service.pipeline is not None
+        assert service.pipeline.buffered == 0  # every record fetched is accounted for, none counted twice
         jobs = list(emu.service.imports.jobs.values())
         assert {j.dataset_arn for j in jobs} == {ITEMS_ARN, USERS_ARN}
         assert all(j.status == "ACTIVE" for j in jobs)
