@@ -259,12 +259,13 @@ class CatchUp:
             self.pipeline.forget(tps)
             base = job_base_name(arn, start)
             earlier = await self.jobs.list_import_jobs(arn)
+            in_range = Backlog(sum(cut[tp] - start[tp] for tp in cut), backlog.records_per_s)
             log.info(
                 "%s: backlog ≈ %s records ≈ %s at %.0f records/s > %.0f s: importing offsets %s..%s as job %s",
                 arn,
-                describe_count(backlog.records),
-                describe_duration(backlog.seconds),
-                backlog.records_per_s,
+                describe_count(in_range.records),
+                describe_duration(in_range.seconds),
+                in_range.records_per_s,
                 self.settings.bulk.catch_up_after_s,
                 offsets_to_json(start),
                 offsets_to_json(cut),
