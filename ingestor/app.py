@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from ingestor.bulk.catchup import BulkMetrics, catch_up
 from ingestor.config import Settings
 from ingestor.errors import ConfigError
 from ingestor.health import HealthServer
@@ -67,6 +68,7 @@ class Service:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(registry)
+        self.bulk_metrics = BulkMetrics(self.metrics.registry)  # exported (zeros) with catch-up off too
         self.stop_requested = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
@@ -153,11 +155,9 @@ class Service:
         pipeline.on_failure = self.stop_requested.set
         source = self.source = KafkaSource(s, pipeline, self.metrics)
         if s.bulk.catch_up_after_s > 0:
-            from ingestor.bulk.catchup import catch_up
-
             try:  # before the consumer joins: datasets are held until the control plane was asked
                 self.catch_up = await self._bulk.enter_async_context(
-                    catch_up(s, pipeline, source, producer, self.metrics.registry)
+                    catch_up(s, pipeline, source, producer, self.bulk_metrics)
                 )
             except ConfigError as exc:
                 log.error("%s", exc)

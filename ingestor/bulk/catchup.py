@@ -76,6 +76,8 @@ class BulkMetrics:
         self.bulk_seconds = Counter(
             "ingestor_bulk_mode_seconds_total", "Time datasets spent switched to the bulk path.", registry=r
         )
+        for status in (JobStatus.ACTIVE, JobStatus.FAILED):  # exported (as 0) before the first job
+            self.jobs.labels(status.value)
         self.in_bulk = Gauge("ingestor_bulk_mode_datasets", "Datasets switched to the bulk path now.", registry=r)
         self.held = Gauge(
             "ingestor_bulk_held_datasets", "Datasets whose streaming waits for an import job now.", registry=r
@@ -383,7 +385,7 @@ async def catch_up(
     pipeline: Pipeline,
     source: KafkaSource,
     dlq_producer: Producer,
-    registry: CollectorRegistry,
+    metrics: BulkMetrics,
 ) -> Any:
     """The catch-up with its clients; start-up checks raise ConfigError naming the key (bucket, control plane)."""
     settings.bulk.require()
@@ -392,7 +394,7 @@ async def catch_up(
         await check_bucket(s3, settings)
         control = await stack.enter_async_context(control_plane(settings))
         await control.probe(settings.routes[0].dataset_arn)
-        helper = CatchUp(settings, pipeline, source, control, s3, dlq_producer, BulkMetrics(registry))
+        helper = CatchUp(settings, pipeline, source, control, s3, dlq_producer, metrics)
         try:
             yield helper
         finally:
