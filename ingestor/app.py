@@ -323,6 +323,10 @@ def describe(settings: Settings) -> str:
         f"Personalize {p.endpoint_url or 'AWS ' + p.region}, {p.max_in_flight} calls in flight, "
         f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
     ]
+    b = settings.bulk
+    if b.s3_uri or b.catch_up_after_s:
+        catch = f"catch-up above {b.catch_up_after_s:g}s of backlog" if b.catch_up_after_s else "catch-up off"
+        lines.append(f"bulk path: staging {b.s3_uri}, role {b.role_arn}, {catch}")
     for r in settings.routes:
         fields = ", ".join(f.name for f in r.load_schema().fields)
         lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields})")

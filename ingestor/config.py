@@ -239,6 +239,14 @@ class BulkSettings(_Frozen):
             raise ValueError(f"expected an IAM role ARN such as arn:aws:iam::123456789012:role/NAME, got {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _catch_up_needs_staging(self) -> BulkSettings:
+        if self.catch_up_after_s > 0:
+            missing = [k for k in ("s3_uri", "role_arn") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"catch_up_after_s > 0 needs {' and '.join(missing)} (or set catch_up_after_s: 0)")
+        return self
+
     def require(self) -> tuple[str, str]:
         """(s3_uri, role_arn), or ConfigError naming the missing key."""
         missing = [k for k in ("s3_uri", "role_arn") if getattr(self, k) is None]

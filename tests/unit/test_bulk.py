@@ -115,3 +115,23 @@ class _Client:
 async def test_control_plane_maps_errors(code: str, error: type[Exception]) -> None:
     with pytest.raises(error):
         await ControlPlane(_Client(code)).create_import_job("n", ITEMS_ARN, "s3://b/k", "r", ImportMode.FULL)
+
+
+def test_bulk_keys_from_the_environment_and_catch_up_needs_staging(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingestor.config import Settings
+
+    route = {
+        "topic": "t",
+        "kind": "items",
+        "dataset_arn": ITEMS_ARN,
+        "schema": str(CONFIG / "schemas/items.avsc"),
+    }
+    monkeypatch.setenv("INGESTOR_BULK__S3_URI", "s3://my-bucket/prefix/")
+    monkeypatch.setenv("INGESTOR_BULK__ROLE_ARN", "arn:aws:iam::123456789012:role/P")
+    monkeypatch.setenv("INGESTOR_BULK__CATCH_UP_AFTER_S", "900")
+    settings = Settings.load(None, routes=[route])
+    assert settings.bulk.require() == ("s3://my-bucket/prefix/", "arn:aws:iam::123456789012:role/P")
+    assert settings.bulk.catch_up_after_s == 900
+    monkeypatch.delenv("INGESTOR_BULK__ROLE_ARN")
+    with pytest.raises(ConfigError, match=r"bulk: catch_up_after_s > 0 needs role_arn.*INGESTOR_BULK"):
+        Settings.load(None, routes=[route])
