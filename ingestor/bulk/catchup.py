@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 5.0
 FAILED_BACKOFF_S = 600.0
+READER_FETCH_MAX_BYTES = 4 * 1024 * 1024
 
 
 class BulkMetrics:
@@ -373,7 +374,7 @@ def _reader(settings: Settings) -> AIOKafkaConsumer:
         client_id=f"{k.client_id}-catch-up",
         enable_auto_commit=False,
         max_partition_fetch_bytes=k.max_partition_fetch_bytes,
-        fetch_max_bytes=k.fetch_max_bytes,
+        fetch_max_bytes=min(k.fetch_max_bytes, READER_FETCH_MAX_BYTES),  # it runs next to the service's consumer
         request_timeout_ms=k.request_timeout_ms,
         **kafka_security_kwargs(settings),
     )

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-CACHE_KIB = 16 * 1024  # sqlite's page cache: the store's memory, whatever the number of ids
+CACHE_KIB = 8 * 1024  # sqlite's page cache: the store's memory, whatever the number of ids
 FETCH_ROWS = 2000
 
 
