@@ -206,3 +206,20 @@ async def test_kill_9_mid_import_then_rerun_does_not_import_twice(scenario: Scen
     assert {k: v for k, v in (await s.committed()).items() if k.topic == s.items} == {
         tp: o for tp, o in s.ends.items() if tp.topic == s.items
     }
+
+
+async def test_missing_bucket_and_unreachable_control_plane_fail_at_start_naming_the_key(scenario: Scenario) -> None:
+    from ingestor.broker import free_port
+    from ingestor.errors import ConfigError
+
+    s = scenario
+    await s.produce(10, seed=10)
+    no_bucket = Settings(**{**s.config, "bulk": {**s.config["bulk"], "s3_uri": "s3://no-such-bucket-here/x/"}})
+    with pytest.raises(ConfigError, match=r"bulk\.s3_uri: the bucket no-such-bucket-here does not exist"):
+        await run_import(no_bucket, [no_bucket.routes[0]])
+    closed = f"http://127.0.0.1:{free_port()}"
+    personalize = {**s.config["personalize"], "control_endpoint_url": closed}
+    unreachable = Settings(**{**s.config, "personalize": personalize})
+    with pytest.raises(ConfigError, match=r"personalize\.control_endpoint_url: the Personalize control plane does not"):
+        await run_import(unreachable, [unreachable.routes[0]])
+    assert s.jobs() == [] and all(v is None for v in (await s.committed()).values())
