@@ -324,7 +324,9 @@ class CatchUp:
             self._switch_state.pop(arn, None)
             self.metrics.in_bulk.dec()
             self.metrics.bulk_seconds.inc(self._clock() - started)
-            ds.open.set()
+            # Dispatching reopens only after the control plane says no job of the dataset runs (another replica's
+            # may have started meanwhile): the next check, within half a second.
+            self._unchecked.add(arn)
 
     def _failed(self, arn: str, reason: str) -> None:
         self.metrics.jobs.labels(JobStatus.FAILED.value).inc()

@@ -85,7 +85,7 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
             for sample in metric.samples
             if sample.name == "ingestor_import_jobs_total"
         }
-        assert jobs_total == {"ACTIVE": 2.0}
+        assert jobs_total == {"ACTIVE": 2.0, "CREATE FAILED": 0.0}
     finally:
         service.stop_requested.set()
         assert await asyncio.wait_for(run, 30) == EXIT_OK
