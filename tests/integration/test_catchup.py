@@ -157,3 +157,59 @@ async def test_two_replicas_catch_up_on_one_dataset(
     # At least once each, nothing else: a cut whose commit a rebalance rejected is read again by the next owner,
     # exactly as the streaming path re-reads after a rejected commit.
     assert set(Counter(r.value for r in dead)) == {e.value for e in expect.invalid}
+
+
+async def test_a_failed_import_sends_the_range_back_to_streaming(
+    broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
+) -> None:
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    suffix = unique("cuf")
+    items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 2, users: 1, dlq: 1})
+    rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
+    expect = Expectation()
+    events = list(generate(900, StreamSpec(items=200, users=60, bad_share=0.02, seed=41)))
+    for e in events:
+        expect.add(e)
+    last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+    ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
+    emu = await start_emulator(
+        quotas={"enabled": True},
+        imports={"s3_endpoint_url": s3_server.url, "duration_s": 0.5, "max_full_bytes": 10},  # every job fails
+    )
+    settings = service_settings(
+        broker.bootstrap_servers,
+        emu.url,
+        suffix,
+        bulk={
+            "s3_uri": f"s3://{s3_bucket}/fail/",
+            "s3_endpoint_url": s3_server.url,
+            "role_arn": ROLE,
+            "catch_up_after_s": 1,
+            "poll_interval_s": 0.2,
+        },
+    )
+    service = Service(settings, registry=CollectorRegistry())
+    run = asyncio.create_task(service.run())
+    try:
+
+        def caught_up() -> bool:
+            if run.done() or service.pipeline is None:
+                return run.done()
+            committed = service.pipeline.tracker._committed
+            return all(committed.get(tp) == off for tp, off in ends.items())
+
+        await wait_until(caught_up, timeout=120, what="the streaming path to commit every partition's end")
+        assert not run.done()
+        jobs = list(emu.service.imports.jobs.values())
+        assert jobs and all(j.status == "CREATE FAILED" for j in jobs)
+        assert len({j.dataset_arn for j in jobs}) == len(jobs)  # one attempt per dataset, then a back-off
+        failed = service.bulk_metrics.jobs.labels("CREATE FAILED")._value.get()
+        assert failed == len(jobs)
+    finally:
+        service.stop_requested.set()
+        assert await asyncio.wait_for(run, 30) == EXIT_OK
+    assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
+    assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
+    dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
+    assert set(r.value for r in dead) == {e.value for e in expect.invalid}
