@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from ingestor.broker_health import BrokerHealth
+from ingestor.bulk.catchup import BulkMetrics, catch_up
 from ingestor.config import Settings
 from ingestor.errors import ConfigError
 from ingestor.health import HealthServer
@@ -115,11 +116,14 @@ class Service:
         self.settings = settings
         self.metrics = Metrics(registry)
         self.broker_health = BrokerHealth(self.metrics)
+        self.bulk_metrics = BulkMetrics(self.metrics.registry)  # exported (zeros) with catch-up off too
         self.stop_requested = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
         self.health: HealthServer | None = None
         self._progress_at = time.monotonic()
+        self._bulk = contextlib.AsyncExitStack()  # the bulk catch-up's clients, when bulk.catch_up_after_s > 0
+        self.catch_up: Any = None
 
     # ------------------------------------------------------------------ health
 
@@ -212,11 +216,22 @@ class Service:
         )
         pipeline.on_failure = self.stop_requested.set
         source = self.source = KafkaSource(s, pipeline, self.metrics, broker_health=self.broker_health)
+        if s.bulk.catch_up_after_s > 0:
+            try:  # before the consumer joins: datasets are held until the control plane was asked
+                self.catch_up = await self._bulk.enter_async_context(
+                    catch_up(s, pipeline, source, producer, self.bulk_metrics)
+                )
+            except ConfigError as exc:
+                log.error("%s", exc)
+                await self._bulk.aclose()
+                return EXIT_CONFIG
         if not await self._start_with_retry(source.start, "the consumer"):
             await source.stop()
             return EXIT_OK
         await source.check_broker()
         pipeline.start()
+        if self.catch_up is not None:
+            self.catch_up.start()
         fetch = asyncio.create_task(source.run(), name="fetch")
         commits = asyncio.create_task(self._commit_loop(source), name="commit")
         stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
@@ -225,6 +240,7 @@ class Service:
             await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            await self._bulk.aclose()  # a running import job stays; a restart holds its dataset until it ends
             source.stop_fetching()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
@@ -380,6 +396,10 @@ def describe(settings: Settings) -> str:
             else "no auth"
         )
         lines.append(f"Schema Registry {reg.url} ({auth}, timeout {reg.request_timeout_s:g}s, cache {reg.cache_size})")
+    b = settings.bulk
+    if b.s3_uri or b.catch_up_after_s:
+        catch = f"catch-up above {b.catch_up_after_s:g}s of backlog" if b.catch_up_after_s else "catch-up off"
+        lines.append(f"bulk path: staging {b.s3_uri}, role {b.role_arn}, {catch}")
     for r in settings.routes:
         fields = ", ".join(f.name for f in r.load_schema().fields)
         if r.kind == "interactions":

@@ -12,6 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ingestor.app", "consume the configured topics and keep Personalize in step (the service)"),
     "demo": ("ingestor.demo", "embedded broker + local Personalize endpoint + a sample stream, with live progress"),
     "emulator": ("ingestor.emulator.cli", "a local Personalize Events endpoint for development, tests and demos"),
+    "import": (
+        "ingestor.bulk.importer",
+        "backfill through a dataset import job (bulk path): stage a CSV, import, commit",
+    ),
     "dlq": ("ingestor.dlq_replay", "dead-letter topic tools: replay records after fixing their cause"),
     "init": ("ingestor.scaffold", "write an example configuration and schemas to edit (default folder: config)"),
 }

@@ -28,6 +28,8 @@ from ingestor.schema import DatasetKind, DatasetSchema
 
 # Personalize's default quotas: calls per second per dataset group.
 DEFAULT_RATE_LIMITS: dict[str, float] = {"PutItems": 10.0, "PutUsers": 10.0, "PutEvents": 1000.0}
+_S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+_ROLE_ARN_RE = re.compile(r"arn:([a-z\d-]+):iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")  # botocore's pattern
 _ARN_RE = re.compile(r"^arn:[a-z\d-]+:personalize:[^:]*:[^:]*:dataset/(?P<group>[^/]+)/(?P<kind>[A-Z_]+)$")
 
 
@@ -126,6 +128,7 @@ class RetrySettings(_Frozen):
 class PersonalizeSettings(_Frozen):
     region: str = "us-east-1"
     endpoint_url: str | None = None
+    control_endpoint_url: str | None = None  # the control plane (import jobs); the local endpoint serves both
     max_in_flight: int = Field(16, ge=1, le=256)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
@@ -292,6 +295,55 @@ class SchemaRegistrySettings(_Frozen):
         return self
 
 
+class BulkSettings(_Frozen):
+    """The bulk path: dataset import jobs fed by CSVs staged in S3 (``ingestor import``, catch-up in ``run``)."""
+
+    s3_uri: str | None = Field(None, description="s3://BUCKET/PREFIX/ where CSVs are staged")
+    s3_endpoint_url: str | None = Field(None, description="a local S3 server in development and tests")
+    role_arn: str | None = Field(None, description="the IAM role Personalize assumes to read the bucket")
+    catch_up_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="switch a dataset to an import when its backlog would "
+        "take longer than this through the API; 0 = never",
+    )
+    poll_interval_s: float = Field(5.0, gt=0, description="how often a running import job is described")
+    job_timeout_s: float = Field(6 * 3600.0, gt=0, description="give up waiting for an import job after this")
+    work_dir: Path | None = Field(None, description="where the per-id store lives while a range is staged (temp)")
+    part_size_mb: int = Field(16, ge=5, le=5120, description="S3 multipart part size (S3's minimum is 5 MB)")
+
+    @field_validator("s3_uri")
+    @classmethod
+    def _s3_uri(cls, value: str | None) -> str | None:
+        if value is not None and not _S3_URI_RE.match(value):
+            raise ValueError(f"expected s3://BUCKET/PREFIX/ (a bucket name of 3-63 characters), got {value!r}")
+        return value
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role_arn(cls, value: str | None) -> str | None:
+        if value is not None and not _ROLE_ARN_RE.fullmatch(value):
+            raise ValueError(f"expected an IAM role ARN such as arn:aws:iam::123456789012:role/NAME, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _catch_up_needs_staging(self) -> BulkSettings:
+        if self.catch_up_after_s > 0:
+            missing = [k for k in ("s3_uri", "role_arn") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"catch_up_after_s > 0 needs {' and '.join(missing)} (or set catch_up_after_s: 0)")
+        return self
+
+    def require(self) -> tuple[str, str]:
+        """(s3_uri, role_arn), or ConfigError naming the missing key."""
+        missing = [k for k in ("s3_uri", "role_arn") if getattr(self, k) is None]
+        if missing:
+            keys = ", ".join(f"bulk.{k} (INGESTOR_BULK__{k.upper()})" for k in missing)
+            raise ConfigError(f"the bulk path needs {keys}")
+        assert self.s3_uri is not None and self.role_arn is not None
+        return self.s3_uri, self.role_arn
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix="INGESTOR_", env_nested_delimiter="__", case_sensitive=False
@@ -305,6 +357,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     schema_registry: SchemaRegistrySettings | None = None
+    bulk: BulkSettings = BulkSettings()
 
     @classmethod
     def settings_customise_sources(

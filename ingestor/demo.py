@@ -55,6 +55,7 @@ from ingestor.sample import (
 
 ITEM_IDS, USER_IDS = 500, 200
 EVENTS_SHARE = 0.2  # of the records: interaction events
+CATCH_UP_ITEM_IDS, CATCH_UP_USER_IDS = 8000, 3000  # --catch-up: enough ids that streaming them takes a while
 PARTITIONS = {ITEMS_TOPIC: 3, USERS_TOPIC: 2, EVENTS_TOPIC: 2}
 INTERACTIONS_ROUTE = {  # added to config/ingestor.yaml's routes (where it is commented out)
     "topic": EVENTS_TOPIC,
@@ -68,6 +69,9 @@ UNLIMITED_CALLS_PER_S = 1000.0  # the ingestor's pacing with --no-quotas
 STALL_S = 60.0  # give up when nothing moved for this long (e.g. --fault-rate 1)
 DRAIN_BUDGET_S = 3.0  # on Ctrl-C: finish in-flight work for at most this long
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+CATCH_UP_RECORDS = 20_000  # --catch-up: the backlog produced at once (unless --records says otherwise)
+CATCH_UP_AFTER_S = 10.0  # --catch-up: switch a dataset whose backlog would take longer than this
+CATCH_UP_JOB_S = 5.0  # --catch-up: how long the local endpoint's import jobs take
 _N = TypeVar("_N", int, float)
 
 
@@ -84,12 +88,15 @@ class Options:
     metrics_port: int = 9108
     verbose: bool = False
     format: str = "json"  # json | avro (Confluent wire format, schemas in the local endpoint's registry)
+    catch_up: bool = False  # a large backlog caught up through an import job (bulk path)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
+        catch_up = bool(getattr(args, "catch_up", False))
+        defaults = cls()
         return cls(
-            records=args.records,
-            rate=args.rate,
+            records=CATCH_UP_RECORDS if catch_up and args.records == defaults.records else args.records,
+            rate=0.0 if catch_up and args.rate == defaults.rate else args.rate,
             bad_share=args.bad_share,
             seed=args.seed,
             quotas=not args.no_quotas,
@@ -99,6 +106,7 @@ class Options:
             metrics_port=args.metrics_port,
             verbose=args.verbose,
             format=args.format,
+            catch_up=catch_up,
         )
 
 
@@ -138,6 +146,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--metrics-port", type=port, default=d.metrics_port, metavar="PORT",
         help="the ingestor's /metrics /healthz /readyz on 127.0.0.1, 0 = any (default: %(default)s)")  # fmt: skip
     add("--verbose", "-v", action="store_true", help="the service's INFO logs (default: warnings only)")
+    add(
+        "--catch-up",
+        action="store_true",
+        help=f"the bulk path: a backlog ({CATCH_UP_RECORDS} records at once unless --records/--rate say otherwise) "
+        f"that would take over {CATCH_UP_AFTER_S:.0f}s through the API is caught up by a dataset import job "
+        "(local S3 server: moto's), then streaming resumes",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -145,6 +160,8 @@ def main(args: argparse.Namespace) -> int:
     configure_logging("INFO" if options.verbose else "WARNING", "console")
     if not options.verbose:  # one warning per bad record would drown the progress; the summary reports the DLQ
         logging.getLogger("ingestor.deadletter").setLevel(logging.ERROR)
+    if options.catch_up:  # the switch's one-sentence decisions are the point of this run
+        logging.getLogger("ingestor.bulk.catchup").setLevel(logging.INFO)
     try:
         return int(run_async(run_demo(options)))
     except KeyboardInterrupt:  # Ctrl-C before the demo's own handler was in place: nothing was started yet
@@ -297,12 +314,13 @@ async def _demo(options: Options, run: Run) -> int:
 
 
 def _stream_spec(options: Options) -> StreamSpec:
+    items, users = (CATCH_UP_ITEM_IDS, CATCH_UP_USER_IDS) if options.catch_up else (ITEM_IDS, USER_IDS)
     return StreamSpec(
-        items=ITEM_IDS,
-        users=USER_IDS,
+        items=items,
+        users=users,
         bad_share=options.bad_share,
         seed=options.seed,
-        events_share=0.0 if options.format == "avro" else EVENTS_SHARE,
+        events_share=0.0 if options.format == "avro" or options.catch_up else EVENTS_SHARE,
     )
 
 
@@ -324,8 +342,9 @@ async def _start(options: Options, stack: contextlib.AsyncExitStack) -> Parts:
     config_dir = EXAMPLES_DIR  # the package's example (= config/), wherever it runs and whatever ./config holds
     broker = _start_broker()
     stack.callback(broker.stop)
-    emulator = await stack.enter_async_context(running_emulator(_emulator_config(options, config_dir)))
-    settings = _settings(options, config_dir, broker.bootstrap_servers, emulator.url)
+    s3_url = await _start_s3(stack) if options.catch_up else None
+    emulator = await stack.enter_async_context(running_emulator(_emulator_config(options, config_dir, s3_url)))
+    settings = _settings(options, config_dir, broker.bootstrap_servers, emulator.url, s3_url)
     await create_topics(broker.bootstrap_servers, {**PARTITIONS, settings.kafka.dead_letter_topic: 1})
     service = Service(settings)
     service_task = asyncio.create_task(service.run(), name="ingestor")
@@ -346,11 +365,37 @@ def _start_broker() -> EmbeddedBroker:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def _emulator_config(options: Options, config_dir: Path) -> EmulatorConfig:
+async def _start_s3(stack: contextlib.AsyncExitStack) -> str:
+    """moto's S3 server with the staging bucket (stopped by ``stack``); SIGINT blocked like the broker's."""
+    import aioboto3
+
+    from ingestor.emulator.s3server import LocalS3
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        s3 = LocalS3().start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    stack.callback(s3.stop)
+    session = aioboto3.Session(  # the local S3 server accepts any credentials
+        aws_access_key_id="demo",
+        aws_secret_access_key="demo",  # noqa: S106
+        region_name="us-east-1",
+    )
+    async with session.client("s3", endpoint_url=s3.url) as client:
+        await client.create_bucket(Bucket=DEMO_BUCKET)
+    return s3.url
+
+
+DEMO_BUCKET = "demo-staging"
+
+
+def _emulator_config(options: Options, config_dir: Path, s3_url: str | None = None) -> EmulatorConfig:
     return EmulatorConfig.load(
         config_dir / "emulator.yaml",
         quotas={"enabled": options.quotas},
         faults={"fail_rate": options.fault_rate, "throttle_rate": options.throttle_rate},
+        imports={"s3_endpoint_url": s3_url, "duration_s": CATCH_UP_JOB_S},
         seed=options.seed,
         max_events_kept=max(10_000, options.records),  # the proof reads every event back
     )
@@ -371,7 +416,7 @@ class _FileOnlySettings(Settings):
         return (init_settings,)
 
 
-def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str) -> Settings:
+def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str, s3_url: str | None = None) -> Settings:
     """The example ingestor.yaml, pointed at the demo's broker and endpoint; quick group joins and commits."""
     path = config_dir / "ingestor.yaml"
     base = _FileOnlySettings.load(path)
@@ -399,6 +444,7 @@ def _settings(options: Options, config_dir: Path, bootstrap: str, endpoint: str)
         metrics={"host": "127.0.0.1", "port": options.metrics_port},
         shutdown={"drain_budget_s": DRAIN_BUDGET_S},
         **_route_settings(options, base, config_dir, endpoint),
+        **_bulk(s3_url),
     )
 
 
@@ -410,6 +456,20 @@ def _route_settings(options: Options, base: Settings, config_dir: Path, endpoint
         return {"routes": [{**r, "format": "avro"} for r in routes], "schema_registry": {"url": endpoint}}
     interactions = {**INTERACTIONS_ROUTE, "schema": str(config_dir / INTERACTIONS_ROUTE["schema"])}
     return {"routes": [*routes, interactions]}
+
+
+def _bulk(s3_url: str | None) -> dict[str, Any]:
+    if s3_url is None:
+        return {}
+    return {
+        "bulk": {
+            "s3_uri": f"s3://{DEMO_BUCKET}/catch-up/",
+            "s3_endpoint_url": s3_url,
+            "role_arn": "arn:aws:iam::123456789012:role/PersonalizeS3Access",
+            "catch_up_after_s": CATCH_UP_AFTER_S,
+            "poll_interval_s": 0.5,
+        }
+    }
 
 
 async def _produce(parts: Parts, events: Sequence[Event]) -> None:
@@ -642,6 +702,26 @@ def _print_intro(parts: Parts, expect: Expectation) -> None:
     print(
         f"  broker {parts.broker.bootstrap_servers}   Personalize endpoint {parts.emulator.url}{registry}", flush=True
     )
+    if o.catch_up:
+        bulk = parts.settings.bulk
+        print(
+            f"  catch-up ON: a dataset whose backlog would take over {bulk.catch_up_after_s:.0f}s through the API is "
+            f"imported via {bulk.s3_uri} (import jobs take {CATCH_UP_JOB_S:.0f}s), then streaming resumes",
+            flush=True,
+        )
+
+
+def _print_bulk(parts: Parts, took: float) -> None:
+    """--catch-up: what went through import jobs, and the streaming time it saved."""
+    jobs = list(parts.emulator.service.imports.jobs.values())
+    rows = metric_sum(parts.service.catch_up.metrics.rows) if parts.service.catch_up is not None else 0
+    ids = max((len(d.records) for d in parts.emulator.service.datasets.values()), default=0)
+    by_status = ", ".join(f"{j.name} {j.mode} {j.status.value}" for j in jobs) or "none"
+    print(f"  bulk path     {len(jobs)} import job(s): {by_status}; {rows:.0f} rows imported")
+    print(
+        f"  vs streaming  the largest dataset's {ids} ids need ≥ {ids / 100:.0f}s at 100 records/s through the API; "
+        f"caught up in {took:.1f}s"
+    )
 
 
 def _print_summary(parts: Parts, expect: Expectation, proof: Proof) -> None:
@@ -665,11 +745,14 @@ def _print_summary(parts: Parts, expect: Expectation, proof: Proof) -> None:
             records = proof.endpoint_stats["records"][api]["ok"]
             print(f"  {api:<13} {sum(calls.values())} calls ({outcomes}), {records} records stored")
     print(f"  records/call  {snap.records_per_call:.1f} on average, max {proof.endpoint_stats['max_records_per_call']}")
-    same = "=" if snap.consumed == snap.sent + snap.superseded + snap.dead_lettered else "≠"
-    print(
-        f"  accounting    {snap.consumed} consumed {same} {snap.sent} sent + {snap.superseded} superseded "
-        f"(coalesced by id) + {snap.dead_lettered} dead-lettered"
-    )
+    if parts.options.catch_up:
+        _print_bulk(parts, took)
+    else:
+        same = "=" if snap.consumed == snap.sent + snap.superseded + snap.dead_lettered else "≠"
+        print(
+            f"  accounting    {snap.consumed} consumed {same} {snap.sent} sent + {snap.superseded} superseded "
+            f"(coalesced by id) + {snap.dead_lettered} dead-lettered"
+        )
     _print_dead_letters(proof.dead_letters)
     print("  checks")
     for check in proof.checks:

@@ -7,6 +7,7 @@ Gaps in the offsets (compaction, transaction markers) are fine: only tracked off
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingestor.model import TopicPartition
@@ -38,6 +39,15 @@ class PartitionOffsets:
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+    @property
+    def not_done_count(self) -> int:
+        """Tracked offsets not yet done (``pending_count`` also holds done ones behind an undone offset)."""
+        return len(self._pending) - len(self._done)
+
+    def done_snapshot(self) -> tuple[int | None, frozenset[int]]:
+        """(every offset below this is done, the done offsets above it): what is settled right now."""
+        return self.committable(), frozenset(self._done)
 
     def committable(self) -> int | None:
         """The offset to commit (first not-done offset, or last tracked + 1); None when nothing was tracked."""
@@ -86,6 +96,16 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return None if part is None else part.committable()
 
+    def done_checker(self, partitions: set[TopicPartition]) -> Callable[[TopicPartition, int], bool]:
+        """A frozen view of which offsets of these partitions are done now (delivered, dead-lettered or skipped)."""
+        snapshots = {tp: part.done_snapshot() for tp, part in self._parts.items() if tp in partitions}
+
+        def is_done(tp: TopicPartition, offset: int) -> bool:
+            below, done = snapshots.get(tp, (None, frozenset()))
+            return (below is not None and offset < below) or offset in done
+
+        return is_done
+
     def to_commit(self, partitions: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Offsets that advanced since the last successful commit, for the given (owned) partitions."""
         out: dict[TopicPartition, int] = {}
@@ -108,6 +128,6 @@ class OffsetTracker:
         for tp in partitions:
             part = self._parts.pop(tp, None)
             if part is not None:
-                self.pending_total -= part.pending_count
+                self.pending_total -= part.not_done_count
             self._committed.pop(tp, None)
             self._epochs[tp] = self._epochs.get(tp, 0) + 1

@@ -22,6 +22,7 @@ from ingestor.errors import DeliveryError, FatalRouteError, RecordError
 from ingestor.event_buffer import EventBuffer
 from ingestor.events import EventBuilder, decode_event
 from ingestor.hold import HeldRecords
+from ingestor.intake import Delete, Rejected, prepare
 from ingestor.metrics import Metrics
 from ingestor.model import Op, SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
@@ -44,6 +45,13 @@ class Dataset:
     fatal: FatalRouteError | None = None
     resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
     stalled: str | None = None  # why the retry budget ran out (block mode) until a call succeeds again: not ready
+    open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: bulk catch-up holds this dataset
+
+
+def _opened() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,37 +179,20 @@ class Pipeline:
             return True
         arn = topic.dataset.target.dataset_arn
         try:
-            change = self._decode(rec, topic.schema.kind, topic.route.format)
+            result = prepare(rec, topic.schema, topic.route.format, self._decode)  # the same rules as the bulk path
         except SchemaPending:
             return False
-        except RecordError as exc:
-            self._dead_letter(rec, epoch, exc.stage, str(exc), type(exc).__name__, arn)
+        if isinstance(result, Rejected):
+            self._dead_letter(rec, epoch, result.stage, result.reason, result.error_class, arn)
             return True
-        except Exception as exc:  # a poison record must never block: DLQ it, loudly
-            log.exception("unexpected error decoding %s", rec.where)
-            self._dead_letter(
-                rec, epoch, "decode", f"{rec.where}: {type(exc).__name__}: {exc}", type(exc).__name__, arn
-            )
-            return True
-        if change.op is Op.DELETE:
+        if isinstance(result, Delete):
             # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
-            log.debug("skipping delete/tombstone %s (id %s)", rec.where, change.record_id)
+            log.debug("skipping delete/tombstone %s (id %s)", rec.where, result.record_id)
             self.tracker.done(rec.tp, rec.offset, epoch)
             return True
-        try:
-            request = topic.schema.build_record(change.record_id, change.fields)
-        except RecordError as exc:
-            self._dead_letter(rec, epoch, exc.stage, f"{rec.where}: {exc}", type(exc).__name__, arn)
-            return True
-        except Exception as exc:
-            log.exception("unexpected error validating %s", rec.where)
-            reason = f"{rec.where}: {type(exc).__name__}: {exc}"
-            self._dead_letter(rec, epoch, "validate", reason, type(exc).__name__, arn)
-            return True
         ds = topic.dataset
-        assert change.record_id is not None  # build_record checked it
-        if ds.buffer.add(Pending(rec, change.record_id, request, epoch=epoch), self._clock()):
+        if ds.buffer.add(Pending(rec, result.record_id, result.request, epoch=epoch), self._clock()):
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
         return True
@@ -249,6 +240,7 @@ class Pipeline:
         buf = ds.buffer
         while ds.fatal is None:
             await self._open.wait()
+            await ds.open.wait()  # held while an import job of this dataset runs (invariant 8)
             now = self._clock()
             due = buf.due_in(now)
             if due is not None and ds.resume_at > now:

@@ -106,6 +106,12 @@ class WriterSchemas:
         self._fetch(schema_id)
         raise SchemaPending(schema_id)
 
+    async def wait(self, schema_id: int) -> None:
+        """Until the fetch of this id (started by ``get``) has ended: with a schema, or a permanent failure."""
+        task = self._fetching.get(schema_id)
+        if task is not None:
+            await asyncio.shield(task)
+
     def _put(self, schema_id: int, entry: Writer | _Failed) -> None:
         self._cache[schema_id] = entry
         self._cache.move_to_end(schema_id)

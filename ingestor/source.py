@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
@@ -81,6 +81,9 @@ class KafkaSource:
         )
         self._clock = clock
         self._paused: set[TopicPartition] = set()
+        self.held: set[TopicPartition] = set()  # paused by the bulk catch-up until its import job finishes
+        self.on_assigned_hooks: list[Callable[[set[TopicPartition]], None]] = []
+        self.on_revoked_hooks: list[Callable[[set[TopicPartition]], Awaitable[None]]] = []
         self._stopping = False
         self.joined = False
         self.last_fetch_ok: float | None = None
@@ -120,6 +123,24 @@ class KafkaSource:
             self.metrics.buffered.set(self.pipeline.buffered)
             await asyncio.sleep(0)
 
+    def hold(self, partitions: set[TopicPartition]) -> None:
+        """Stop fetching these (assigned) partitions until ``release`` (bulk catch-up)."""
+        partitions &= self.assignment()
+        self.held |= partitions
+        if partitions:
+            self.consumer.pause(*(_theirs(tp) for tp in partitions))
+
+    def release(self, partitions: set[TopicPartition], seek_to: dict[TopicPartition, int] | None = None) -> None:
+        """Fetch these partitions again, from ``seek_to`` where given (the cut of a finished import)."""
+        self.held -= partitions
+        owned = self.assignment()
+        for tp, offset in (seek_to or {}).items():
+            if tp in owned:
+                self.consumer.seek(_theirs(tp), offset)
+        resume = [tp for tp in partitions if tp in owned and tp not in self._paused]
+        if resume:
+            self.consumer.resume(*(_theirs(tp) for tp in resume))
+
     def stop_fetching(self) -> None:
         self._stopping = True
 
@@ -136,7 +157,7 @@ class KafkaSource:
         if total >= limit:
             self._pause_all(self.assignment())
         elif self._paused and total < limit * RESUME_BELOW:
-            resume = self._paused & self.assignment()
+            resume = (self._paused & self.assignment()) - self.held  # held ones wait for their import job
             if resume:
                 self.consumer.resume(*(_theirs(tp) for tp in resume))
             self._paused.clear()
@@ -218,6 +239,8 @@ class KafkaSource:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
+        for hook in self.on_revoked_hooks:
+            await hook(revoked)
         budget = self.settings.shutdown.drain_budget_s
         log.info("partitions revoked: %s; finishing in-flight work (budget %.0fs)", sorted(map(str, revoked)), budget)
         await self.pipeline.revoke(revoked, budget)
@@ -232,13 +255,18 @@ class KafkaSource:
         self.joined = True
         # After a rebalance every partition comes back unpaused: re-apply the pauses before any await, and pause
         # the new partitions too while the buffer is at its bound (records of partitions kept across the rebalance
-        # may still be buffered).
+        # may still be buffered). Partitions held by the bulk catch-up stay paused as well.
         keep = self._paused & assigned
         if self.pipeline.buffered >= self.settings.batching.max_buffered_records:
             keep = set(assigned)
         self._paused = set()
         self._pause_all(keep)
+        self.held &= assigned
+        if self.held - self._paused:
+            self.consumer.pause(*(_theirs(tp) for tp in self.held - self._paused))
         self.metrics.paused_partitions.set(len(self._paused))
+        for hook in self.on_assigned_hooks:
+            hook(assigned)
         shares = []
         for (group, api), limiter in self.pipeline.limiters.items():
             share = self._partition_share(assigned, self.pipeline.limiter_topics[(group, api)])

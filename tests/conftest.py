@@ -95,3 +95,30 @@ async def start_emulator(emulator_config: Any) -> Any:
 async def emulator(start_emulator: Any) -> Any:
     """A running emulator (quotas off, no faults) with ``.url`` and ``.client``."""
     return await start_emulator()
+
+
+# ---------------------------------------------------------------------- a local S3 server (moto's, a subprocess)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's standalone S3 server on a loopback port (real S3 wire protocol); ``.url`` is the endpoint_url."""
+    from ingestor.emulator.s3server import LocalS3
+
+    server = LocalS3(log_path=tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, unique: Callable[[str], str]) -> str:
+    """A fresh bucket on the local S3 server."""
+    import boto3
+
+    name = unique("staging")
+    boto3.client(
+        "s3", endpoint_url=s3_server.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    ).create_bucket(Bucket=name)
+    return name

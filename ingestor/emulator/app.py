@@ -2,8 +2,9 @@
 
 * ``POST /items`` (PutItems), ``POST /users`` (PutUsers), ``POST /events`` (PutEvents): 200 with ``{}`` on
   success; errors carry the code in ``x-amzn-ErrorType`` and ``{"message": ...}`` in the body, as botocore parses.
-* ``POST /`` with ``X-Amz-Target: AmazonPersonalize.<Operation>``: the JSON 1.1 control plane. No operation is
-  implemented yet; add handlers to ``CONTROL_PLANE`` and they are dispatched.
+* ``POST /`` with ``X-Amz-Target: AmazonPersonalize.<Operation>``: the JSON 1.1 control plane, dispatched through
+  ``CONTROL_PLANE`` (operation name → handler). Dataset import jobs (``imports.OPERATIONS``) are served; add a
+  module's operations to the table to serve more.
 * ``GET /_emulator/state``, ``GET /_emulator/stats``, ``POST /_emulator/reset``, ``GET|POST /_emulator/config``:
   unauthenticated inspection and run-time configuration for tests, demos and people.
 * ``/schemas/...``, ``/subjects/...``: a local Schema Registry (``schema_registry.url`` = the emulator's URL) and
@@ -26,6 +27,7 @@ from aiohttp import web
 from ingestor.emulator.client import EmulatorClient
 from ingestor.emulator.config import Api, EmulatorConfig
 from ingestor.emulator.errors import ApiError, invalid_input, unknown_operation
+from ingestor.emulator.imports import OPERATIONS as IMPORT_JOB_OPERATIONS
 from ingestor.emulator.quotas import Clock
 from ingestor.emulator.registry import SchemaRegistry, add_routes
 from ingestor.emulator.service import EmulatorService, check_signature
@@ -39,8 +41,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 CONTROL_PLANE_PREFIX = "AmazonPersonalize."
 
 ControlPlaneHandler = Callable[[EmulatorService, dict[str, Any]], Awaitable[dict[str, Any]]]
-# Operation name (e.g. "DescribeDataset") → handler returning the JSON response. Empty for now.
-CONTROL_PLANE: dict[str, ControlPlaneHandler] = {}
+# Operation name (e.g. "DescribeDataset") → handler returning the JSON response.
+CONTROL_PLANE: dict[str, ControlPlaneHandler] = {
+    **IMPORT_JOB_OPERATIONS,  # CreateDatasetImportJob, DescribeDatasetImportJob, ListDatasetImportJobs
+}
 
 
 def create_app(service: EmulatorService, registry: SchemaRegistry | None = None) -> web.Application:
@@ -94,6 +98,8 @@ async def _control_plane(request: web.Request) -> web.Response:
             payload = json.loads(await request.read() or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise invalid_input(f"the request body is not valid JSON ({exc})") from exc
+        if not isinstance(payload, dict):
+            raise invalid_input("the request body must be a JSON object")
         result = await handler(request.app[SERVICE], payload)
     except ApiError as exc:
         return _json11_error(exc)
@@ -184,6 +190,7 @@ async def running_emulator(
             yield RunningEmulator(url, host, bound_port, service, client, registry)
     finally:
         await runner.cleanup()
+        await service.aclose()
 
 
 def _url_host(host: str) -> str:

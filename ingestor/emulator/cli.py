@@ -14,19 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from ingestor.emulator.config import EmulatorConfig, default_config_path
-from ingestor.errors import ConfigError
+from ingestor.errors import ConfigError, IngestorError
 
 log = logging.getLogger("ingestor.emulator")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "A local Amazon Personalize Events endpoint (PutItems, PutUsers, PutEvents) for development, tests and "
-        "demos. Point any AWS SDK at it with endpoint_url=http://HOST:PORT and any credentials. Inspect it at "
+        "A local Amazon Personalize endpoint (PutItems, PutUsers, PutEvents, and dataset import jobs on the "
+        "control plane at the same URL) for development, tests and demos. Point any AWS SDK at it with "
+        "endpoint_url=http://HOST:PORT and any credentials. Inspect it at "
         "GET /_emulator/state and /_emulator/stats; POST /_emulator/reset clears it; POST /_emulator/config "
-        "changes quotas and faults while it runs. The same URL serves a Schema Registry subset for Avro streams "
-        "(GET /schemas/ids/{id}, GET /subjects[/{s}/versions[/{v}]], POST /subjects/{s}/versions; use it as "
-        'schema_registry.url); POST /_emulator/registry {"down": true} emulates a registry outage.'
+        "changes quotas, faults and import job settings while it runs. The same URL serves a Schema Registry subset "
+        "for Avro streams (GET /schemas/ids/{id}, GET /subjects[/{s}/versions[/{v}]], POST /subjects/{s}/versions; "
+        'use it as schema_registry.url); POST /_emulator/registry {"down": true} emulates a registry outage.'
     )
     default = default_config_path()
     parser.add_argument(
@@ -58,6 +59,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
             metavar="N",
             help=f"Put{api.capitalize()} calls per second (Personalize's default: {default_rate}; 0: no quota)",
         )
+    imports = parser.add_argument_group("dataset import jobs (the control plane)")
+    imports.add_argument(
+        "--s3",
+        action="store_true",
+        help="also start a local S3 server (moto's, on a free loopback port) and read staged CSVs from it",
+    )
+    imports.add_argument("--s3-port", type=int, default=0, help="the local S3 server's port with --s3 (default: any)")
+    imports.add_argument(
+        "--import-duration-s", type=_non_negative, metavar="S", help="how long an import job takes (default: config)"
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -69,11 +80,24 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingestor emulator: {exc}", file=sys.stderr)
         return 2
+    s3 = None
     try:
+        if args.s3:
+            from ingestor.emulator.s3server import LocalS3
+
+            s3 = LocalS3(port=args.s3_port).start()
+            config = config.updated(imports={"s3_endpoint_url": s3.url})
+            log.info("local S3 server (moto) listening on %s", s3.url)
         asyncio.run(_serve(config, args.host, args.port, args.access_log))
     except OSError as exc:
         print(f"ingestor emulator: cannot listen on {args.host}:{args.port} ({exc.strerror})", file=sys.stderr)
         return 1
+    except IngestorError as exc:
+        print(f"ingestor emulator: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if s3 is not None:
+            s3.stop()
     return 0
 
 
@@ -90,6 +114,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         if rate is not None:
             quotas[key] = rate or None  # 0: no quota for this API
     overrides: dict[str, Any] = {"faults": faults, "quotas": quotas}
+    if getattr(args, "import_duration_s", None) is not None:
+        overrides["imports"] = {"duration_s": args.import_duration_s}
     if args.seed is not None:
         overrides["seed"] = args.seed
     return EmulatorConfig.load(args.config, **overrides)
@@ -107,6 +133,8 @@ async def _serve(config: EmulatorConfig, host: str, port: int, access_log: bool)
             datasets = ", ".join(f"{d.kind.value}={d.arn}" for d in config.datasets)
             log.info("Personalize Events emulator listening on %s (%s)", emulator.url, datasets)
             log.info("Schema Registry (Confluent REST subset) at %s", emulator.url)
+            if config.imports.s3_endpoint_url:
+                log.info("import jobs read staged CSVs from %s", config.imports.s3_endpoint_url)
             await stop.wait()
             log.info("stopping")
     finally:

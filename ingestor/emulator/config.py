@@ -127,10 +127,22 @@ class FaultConfig(_Frozen):
         return value
 
 
+class ImportConfig(_Frozen):
+    """Dataset import jobs (the control plane): where staged CSVs are read from, how long a job takes, limits."""
+
+    s3_endpoint_url: str | None = Field(None, description="an S3-protocol server (moto's); None: no import can read")
+    s3_region: str = "us-east-1"
+    duration_s: float = Field(5.0, ge=0, description="CREATE PENDING → ACTIVE / CREATE FAILED (a tenth pending)")
+    max_running_jobs: int = Field(5, ge=1, description="PENDING or IN_PROGRESS import jobs per region (not adjustable)")
+    max_full_bytes: int = Field(100 * 1024**3, ge=1, description="data per FULL import job (100 GB)")
+    max_incremental_bytes: int = Field(1024**3, ge=1, description="data per INCREMENTAL import job (1 GB)")
+
+
 class EmulatorConfig(_Frozen):
     datasets: tuple[DatasetConfig, ...] = Field(min_length=1)
     quotas: QuotaConfig = QuotaConfig()
     faults: FaultConfig = FaultConfig()
+    imports: ImportConfig = ImportConfig()
     seed: int | None = None
     max_events_kept: int = Field(10_000, ge=0, description="PutEvents events kept for inspection")
 

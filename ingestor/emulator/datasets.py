@@ -69,15 +69,25 @@ def parse_properties(raw: Any, schema: DatasetSchema) -> tuple[dict[str, Any], l
 @dataclass
 class StoredRecord:
     """The latest properties written for one id; ``writes`` counts every accepted write, ``seq`` orders them,
-    ``accepted_at`` is when the latest write was accepted (Unix time, seconds: compare with Kafka timestamps)."""
+    ``accepted_at`` is when the latest write was accepted (Unix time, seconds: compare with Kafka timestamps).
+
+    ``bulk`` says whether that latest write came from an import job (a FULL import replaces bulk records only).
+    """
 
     properties: dict[str, Any]
     writes: int
     seq: int
     accepted_at: float = 0.0
+    bulk: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"properties": self.properties, "writes": self.writes, "seq": self.seq, "accepted_at": self.accepted_at}
+        return {
+            "properties": self.properties,
+            "writes": self.writes,
+            "seq": self.seq,
+            "accepted_at": self.accepted_at,
+            "bulk": self.bulk,
+        }
 
 
 class Dataset:
@@ -87,6 +97,7 @@ class Dataset:
         self.config = config
         self.schema = config.load_schema()
         self.records: dict[str, StoredRecord] = {}
+        self.bulk_imported = False  # an import job has reached ACTIVE: INCREMENTAL imports are allowed
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events_kept)
         self.event_count = 0
         self._required_event_attributes = (
@@ -103,6 +114,7 @@ class Dataset:
 
     def clear(self) -> None:
         self.records.clear()
+        self.bulk_imported = False
         self.events.clear()
         self.event_count = 0
 
@@ -139,6 +151,21 @@ class Dataset:
             previous = self.records.get(record_id)
             self.records[record_id] = StoredRecord(props, (previous.writes if previous else 0) + 1, next_seq, now)
             next_seq += 1
+        return next_seq
+
+    def import_records(
+        self, records: list[tuple[str, dict[str, Any]]], full: bool, next_seq: int, now: float = 0.0
+    ) -> int:
+        """Apply an import job's rows at ACTIVE: they become the latest records of their ids (overwriting what
+        PutItems/PutUsers wrote). FULL first drops every earlier bulk record; records written individually stay."""
+        if full:
+            self.records = {rid: rec for rid, rec in self.records.items() if not rec.bulk}
+        for record_id, props in records:
+            previous = self.records.get(record_id)
+            writes = (previous.writes if previous else 0) + 1
+            self.records[record_id] = StoredRecord(props, writes, next_seq, accepted_at=now, bulk=True)
+            next_seq += 1
+        self.bulk_imported = True
         return next_seq
 
     # ------------------------------------------------------------------ events

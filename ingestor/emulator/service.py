@@ -28,6 +28,7 @@ from ingestor.emulator.errors import (
     throttled,
 )
 from ingestor.emulator.faults import FaultInjector
+from ingestor.emulator.imports import ImportJobs
 from ingestor.emulator.quotas import Clock, Quotas
 from ingestor.errors import ConfigError
 from ingestor.schema import DatasetKind
@@ -102,6 +103,14 @@ class EmulatorService:
         self.faults = FaultInjector(config.faults, config.seed)
         self.stats = Stats()
         self._seq = 0
+        self.imports = ImportJobs(config.imports, self.datasets, self._import_records)
+
+    def _import_records(self, dataset: Dataset, records: list[tuple[str, dict[str, Any]]], full: bool) -> None:
+        self._seq = dataset.import_records(records, full, self._seq, self._wall_clock())
+
+    async def aclose(self) -> None:
+        """Cancel running import jobs, close the S3 client."""
+        await self.imports.aclose()
 
     async def handle(self, api: Api, body: bytes, authorization: str | None) -> None:
         """Serve one call; raises ApiError for every non-200 answer. Stored data changes only on success."""
@@ -184,10 +193,14 @@ class EmulatorService:
     # ------------------------------------------------------------------ control (the /_emulator routes)
 
     def state(self) -> dict[str, Any]:
-        return {"datasets": {arn: d.to_json() for arn, d in self.datasets.items()}}
+        return {
+            "datasets": {arn: d.to_json() for arn, d in self.datasets.items()},
+            "import_jobs": self.imports.to_json(),
+        }
 
     def reset(self) -> None:
-        """Forget stored data, counters and quota usage; restart the fault sequence from the seed."""
+        """Forget stored data, import jobs, counters and quota usage; restart the fault sequence from the seed."""
+        self.imports.reset()
         for dataset in self.datasets.values():
             dataset.clear()
         self.stats = Stats()
@@ -199,21 +212,26 @@ class EmulatorService:
         return {
             "quotas": self.quotas.config.model_dump(mode="json"),
             "faults": self.faults.config.model_dump(mode="json"),
+            "imports": self.imports.config.model_dump(mode="json"),
             "seed": self.config.seed,
         }
 
     def reconfigure(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Change quotas, faults and/or the seed at run time (partial sections merge); returns the new settings.
+        """Change quotas, faults, imports and/or the seed at run time (partial sections merge); returns the new
+        settings.
 
-        New quotas start with full buckets; a new seed restarts the fault sequence. Raises ConfigError.
+        New quotas start with full buckets; a new seed restarts the fault sequence; a new import duration applies
+        to jobs created from then on. Raises ConfigError.
         """
-        unknown = set(changes) - {"quotas", "faults", "seed"}
+        unknown = set(changes) - {"quotas", "faults", "imports", "seed"}
         if unknown:
-            raise ConfigError(f"only quotas, faults and seed can change at run time, not {sorted(unknown)}")
+            raise ConfigError(f"only quotas, faults, imports and seed can change at run time, not {sorted(unknown)}")
         self.config = self.config.updated(**changes)
         if "quotas" in changes:
             self.quotas.reconfigure(self.config.quotas)
         self.faults.reconfigure(self.config.faults)
+        if "imports" in changes:
+            self.imports.reconfigure(self.config.imports)
         if "seed" in changes:
             self.faults.reseed(self.config.seed)
         return self.settings()

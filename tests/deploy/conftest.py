@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ingestor.bulk.catchup import BulkMetrics
 from ingestor.metrics import Metrics
 from tests.deploy.support import KUSTOMIZATIONS, MetricCatalog, Rendered, render
 
@@ -17,9 +18,9 @@ def rendered(request: pytest.FixtureRequest) -> Rendered:
 @pytest.fixture(scope="session")
 def metric_catalog() -> MetricCatalog:
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    collectors = [*vars(Metrics(registry)).values(), *vars(BulkMetrics(registry)).values()]
     # Labelled metrics export nothing until a child exists: make one child of each.
-    for collector in vars(metrics).values():
+    for collector in collectors:
         labelnames = getattr(collector, "_labelnames", ())
         if labelnames:
             collector.labels(*["x"] * len(labelnames))

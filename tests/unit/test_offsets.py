@@ -101,3 +101,27 @@ def test_a_late_done_mark_from_before_a_reassignment_does_not_touch_the_re_read_
     assert tracker.to_commit() == {TP: 15}  # the re-read record is still pending
     tracker.done(TP, 15, new)
     assert tracker.to_commit() == {TP: 16}
+
+
+def test_dropping_a_partition_with_done_marks_behind_a_pending_one_keeps_the_total_right() -> None:
+    tracker = OffsetTracker()
+    epoch = 0
+    for off in range(10, 15):
+        epoch = tracker.track(TP, off)
+    tracker.done(TP, 13, epoch)  # done, but behind the pending 10..12
+    tracker.done(TP, 10, epoch)
+    assert tracker.pending_total == 3
+    tracker.drop({TP})
+    assert tracker.pending_total == 0  # was -2: the done marks behind 11 were subtracted twice
+
+
+def test_done_checker_sees_the_done_prefix_and_scattered_done_marks() -> None:
+    tracker = OffsetTracker()
+    epoch = 0
+    for off in range(10, 15):
+        epoch = tracker.track(TP, off)
+    for off in (10, 11, 13):
+        tracker.done(TP, off, epoch)
+    is_done = tracker.done_checker({TP})
+    tracker.drop({TP})  # a frozen view: still answers after the partition is forgotten
+    assert [off for off in range(8, 16) if is_done(TP, off)] == [8, 9, 10, 11, 13]

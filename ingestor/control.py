@@ -1,0 +1,182 @@
+"""The Personalize control plane (botocore's ``personalize`` service): dataset import jobs.
+
+One aioboto3 client for the command's or the service's lifetime. botocore retries throttling and 5xx itself here
+(``standard`` mode): control calls are few and not paced by our limiter. Foreign errors are mapped at this boundary:
+
+* ``ResourceAlreadyExistsException`` → :class:`JobNameTaken` (the deterministic job name was used before);
+* ``ResourceInUseException`` / ``LimitExceededException`` → :class:`ImportBusy` (another import runs: wait, retry);
+* unknown dataset, access denied, bad credentials → :class:`~ingestor.errors.FatalRouteError`;
+* anything else (invalid input, connection errors) → :class:`ControlPlaneError`.
+
+Without ``personalize.control_endpoint_url`` the control plane is reached at ``personalize.endpoint_url`` (the local
+endpoint serves both at one URL) or, when neither is set, at AWS's regional endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aioboto3
+import aiohttp
+import botocore.exceptions
+from aiobotocore.config import AioConfig
+
+from ingestor.config import Settings
+from ingestor.errors import ConfigError, FatalRouteError, IngestorError
+from ingestor.sender import FATAL_CODES
+
+
+class ControlPlaneError(IngestorError):
+    """A control-plane call failed."""
+
+
+class JobNameTaken(ControlPlaneError):
+    """ResourceAlreadyExistsException: an import job of that name exists."""
+
+
+class ImportBusy(ControlPlaneError):
+    """ResourceInUseException / LimitExceededException: another import job runs; try again later."""
+
+
+class ImportMode(enum.StrEnum):
+    FULL = "FULL"
+    INCREMENTAL = "INCREMENTAL"
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "CREATE PENDING"
+    IN_PROGRESS = "CREATE IN_PROGRESS"
+    ACTIVE = "ACTIVE"
+    FAILED = "CREATE FAILED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.ACTIVE, JobStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    arn: str
+    name: str
+    status: JobStatus
+    mode: ImportMode
+    failure_reason: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> ImportJob:
+        status = str(data.get("status", ""))
+        try:
+            parsed = JobStatus(status)
+        except ValueError:  # an undocumented status (e.g. a future one): not finished, keep waiting
+            parsed = JobStatus.IN_PROGRESS
+        return cls(
+            arn=str(data["datasetImportJobArn"]),
+            name=str(data.get("jobName", "")),
+            status=parsed,
+            mode=ImportMode(data.get("importMode", "FULL")),
+            failure_reason=data.get("failureReason"),
+        )
+
+
+class ImportJobs(Protocol):
+    """What the bulk path needs from the control plane (a fake in unit tests)."""
+
+    async def create_import_job(
+        self, name: str, dataset_arn: str, location: str, role_arn: str, mode: ImportMode
+    ) -> str: ...
+
+    async def describe_import_job(self, arn: str) -> ImportJob: ...
+
+    async def list_import_jobs(self, dataset_arn: str) -> list[ImportJob]: ...
+
+
+class ControlPlane:
+    """Dataset import jobs through an aioboto3 ``personalize`` client."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def create_import_job(
+        self, name: str, dataset_arn: str, location: str, role_arn: str, mode: ImportMode
+    ) -> str:
+        response = await self._call(
+            "create_dataset_import_job",
+            jobName=name,
+            datasetArn=dataset_arn,
+            dataSource={"dataLocation": location},
+            roleArn=role_arn,
+            importMode=mode.value,
+        )
+        return str(response["datasetImportJobArn"])
+
+    async def describe_import_job(self, arn: str) -> ImportJob:
+        response = await self._call("describe_dataset_import_job", datasetImportJobArn=arn)
+        return ImportJob.from_api(response["datasetImportJob"])
+
+    async def list_import_jobs(self, dataset_arn: str) -> list[ImportJob]:
+        """Every import job of the dataset, newest first (all pages)."""
+        jobs: list[ImportJob] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"datasetArn": dataset_arn, "maxResults": 100}
+            if token:
+                kwargs["nextToken"] = token
+            response = await self._call("list_dataset_import_jobs", **kwargs)
+            jobs += [ImportJob.from_api(j) for j in response.get("datasetImportJobs", [])]
+            token = response.get("nextToken")
+            if not token:
+                return jobs
+
+    async def probe(self, dataset_arn: str) -> None:
+        """Start-up check: the control plane answers. ConfigError naming the key if it cannot be reached."""
+        try:
+            await self._call("list_dataset_import_jobs", datasetArn=dataset_arn, maxResults=1)
+        except ControlPlaneError as exc:
+            raise ConfigError(
+                f"personalize.control_endpoint_url: the Personalize control plane does not answer ({exc}); "
+                "set it (INGESTOR_PERSONALIZE__CONTROL_ENDPOINT_URL) or check the network"
+            ) from exc
+
+    async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = await getattr(self._client, method)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            message = str(exc.response.get("Error", {}).get("Message", exc))
+            if code == "ResourceAlreadyExistsException":
+                raise JobNameTaken(message) from exc
+            if code in ("ResourceInUseException", "LimitExceededException"):
+                raise ImportBusy(f"{code}: {message}") from exc
+            if code in FATAL_CODES:
+                raise FatalRouteError(f"{method}: {code}: {message}") from exc
+            raise ControlPlaneError(f"{method}: {code}: {message}") from exc
+        except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ControlPlaneError(f"{method}: {type(exc).__name__}: {exc}") from exc
+        return response
+
+
+def control_endpoint(settings: Settings) -> str | None:
+    p = settings.personalize
+    return p.control_endpoint_url or p.endpoint_url
+
+
+@contextlib.asynccontextmanager
+async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
+    """A ControlPlane for the block's lifetime (credentials from the standard chain, or the configured keys)."""
+    p = settings.personalize
+    session = aioboto3.Session(
+        region_name=p.region,
+        aws_access_key_id=p.aws_access_key_id.get_secret_value() if p.aws_access_key_id else None,
+        aws_secret_access_key=p.aws_secret_access_key.get_secret_value() if p.aws_secret_access_key else None,
+    )
+    config = AioConfig(
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=p.connect_timeout_s,
+        read_timeout=p.read_timeout_s,
+    )
+    async with session.client("personalize", endpoint_url=control_endpoint(settings), config=config) as client:
+        yield ControlPlane(client)

@@ -1,0 +1,215 @@
+"""Catch-up inside ``ingestor run``: a backlog beyond bulk.catch_up_after_s goes through an import job; newer records
+of the same ids arriving while the job runs are streamed only after it is ACTIVE, so the newest record wins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from ingestor.app import EXIT_OK, Service
+from ingestor.bulk import catchup
+from ingestor.kafka_tools import create_topics, produce, read_topic
+from ingestor.model import TopicPartition as Tp
+from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Expectation, StreamSpec, generate
+from tests.conftest import wait_until
+from tests.integration.test_service import ITEMS_ARN, USERS_ARN, service_settings
+
+pytestmark = pytest.mark.integration
+
+ROLE = "arn:aws:iam::123456789012:role/PersonalizeS3"
+
+
+async def test_backlog_switches_to_an_import_and_newer_records_win(
+    broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
+) -> None:
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    suffix = unique("cu")
+    items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 2, users: 2, dlq: 1})
+    rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
+    expect = Expectation()
+    ends: dict[TopicPartition, int] = {}
+
+    async def send(count: int, seed: int) -> None:
+        events = list(generate(count, StreamSpec(items=400, users=150, bad_share=0.02, seed=seed)))
+        for e in events:
+            expect.add(e)
+        last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+        for tp, off in last.items():
+            ends[tp] = max(ends.get(tp, 0), off + 1)
+
+    await send(4000, seed=21)  # ≈ 2,600 item and 1,400 user changes: minutes at 100 records/s each
+    emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 3.0})
+    settings = service_settings(
+        broker.bootstrap_servers,
+        emu.url,
+        suffix,
+        bulk={
+            "s3_uri": f"s3://{s3_bucket}/catch-up/",
+            "s3_endpoint_url": s3_server.url,
+            "role_arn": ROLE,
+            "catch_up_after_s": 5,
+            "poll_interval_s": 0.2,
+        },
+    )
+    service = Service(settings, registry=CollectorRegistry())
+    run = asyncio.create_task(service.run())
+    try:
+        await wait_until(lambda: len(emu.service.imports.jobs) >= 2 or run.done(), timeout=60, what="import jobs")
+        assert not run.done()
+        await send(600, seed=22)  # newer records of the same ids while the jobs run
+
+        async def caught_up() -> bool:
+            if run.done() or service.pipeline is None:
+                return run.done()
+            committed = service.pipeline.tracker._committed
+            return all(committed.get(Tp(tp.topic, tp.partition)) == off for tp, off in ends.items())
+
+        await wait_until(caught_up, timeout=120, what="commits to reach the end of every partition")
+        assert not run.done()
+        assert service.pipeline is not None
+        assert service.pipeline.buffered == 0  # every record fetched is accounted for, none counted twice
+        jobs = list(emu.service.imports.jobs.values())
+        assert {j.dataset_arn for j in jobs} == {ITEMS_ARN, USERS_ARN}
+        assert all(j.status == "ACTIVE" for j in jobs)
+        stats = await emu.client.stats()
+        streamed = stats["records"]["PutItems"]["ok"] + stats["records"]["PutUsers"]["ok"]
+        assert streamed < 4000  # most of the backlog went through the imports
+        jobs_total = {
+            sample.labels["status"]: sample.value
+            for metric in service.metrics.registry.collect()
+            for sample in metric.samples
+            if sample.name == "ingestor_import_jobs_total"
+        }
+        assert jobs_total == {"ACTIVE": 2.0, "CREATE FAILED": 0.0}
+    finally:
+        service.stop_requested.set()
+        assert await asyncio.wait_for(run, 30) == EXIT_OK
+
+    assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
+    assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
+    dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
+    assert Counter(r.value for r in dead) == Counter(e.value for e in expect.invalid)  # exactly once each
+
+
+async def test_two_replicas_catch_up_on_one_dataset(
+    broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
+) -> None:
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    suffix = unique("cu2")
+    items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 4, users: 2, dlq: 1})
+    rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
+    expect = Expectation()
+    events = list(generate(5000, StreamSpec(items=500, users=150, bad_share=0.02, seed=31)))
+    for e in events:
+        expect.add(e)
+    last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+    ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
+    emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 2.0})
+    settings = service_settings(
+        broker.bootstrap_servers,
+        emu.url,
+        suffix,
+        bulk={
+            "s3_uri": f"s3://{s3_bucket}/two/",
+            "s3_endpoint_url": s3_server.url,
+            "role_arn": ROLE,
+            "catch_up_after_s": 5,
+            "poll_interval_s": 0.2,
+        },
+    )
+    services = [Service(settings, registry=CollectorRegistry()) for _ in range(2)]
+    runs = [asyncio.create_task(s.run()) for s in services]
+    try:
+
+        def committed() -> dict[Tp, int]:
+            out: dict[Tp, int] = {}
+            for s in services:
+                if s.pipeline is not None:
+                    for tp, off in s.pipeline.tracker._committed.items():
+                        out[tp] = max(out.get(tp, 0), off)
+            return out
+
+        await wait_until(
+            lambda: any(r.done() for r in runs) or all(committed().get(tp) == off for tp, off in ends.items()),
+            timeout=150,
+            what="both replicas to commit the end of every partition",
+        )
+        assert not any(r.done() for r in runs)
+    finally:
+        for s in services:
+            s.stop_requested.set()
+        assert await asyncio.wait_for(asyncio.gather(*runs), 40) == [EXIT_OK, EXIT_OK]
+
+    jobs = list(emu.service.imports.jobs.values())
+    assert jobs and all(j.status == "ACTIVE" for j in jobs)
+    for arn in (ITEMS_ARN, USERS_ARN):
+        modes = [j.mode for j in jobs if j.dataset_arn == arn]  # in creation order
+        assert modes[1:] == ["INCREMENTAL"] * (len(modes) - 1)  # never a second FULL replacing a replica's rows
+    assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
+    assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
+    dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
+    # At least once each, nothing else: a cut whose commit a rebalance rejected is read again by the next owner,
+    # exactly as the streaming path re-reads after a rejected commit.
+    assert set(Counter(r.value for r in dead)) == {e.value for e in expect.invalid}
+
+
+async def test_a_failed_import_sends_the_range_back_to_streaming(
+    broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
+) -> None:
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    suffix = unique("cuf")
+    items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 2, users: 1, dlq: 1})
+    rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
+    expect = Expectation()
+    events = list(generate(900, StreamSpec(items=200, users=60, bad_share=0.02, seed=41)))
+    for e in events:
+        expect.add(e)
+    last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+    ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
+    emu = await start_emulator(
+        quotas={"enabled": True},
+        imports={"s3_endpoint_url": s3_server.url, "duration_s": 0.5, "max_full_bytes": 10},  # every job fails
+    )
+    settings = service_settings(
+        broker.bootstrap_servers,
+        emu.url,
+        suffix,
+        bulk={
+            "s3_uri": f"s3://{s3_bucket}/fail/",
+            "s3_endpoint_url": s3_server.url,
+            "role_arn": ROLE,
+            "catch_up_after_s": 1,
+            "poll_interval_s": 0.2,
+        },
+    )
+    service = Service(settings, registry=CollectorRegistry())
+    run = asyncio.create_task(service.run())
+    try:
+
+        def caught_up() -> bool:
+            if run.done() or service.pipeline is None:
+                return run.done()
+            committed = service.pipeline.tracker._committed
+            return all(committed.get(tp) == off for tp, off in ends.items())
+
+        await wait_until(caught_up, timeout=120, what="the streaming path to commit every partition's end")
+        assert not run.done()
+        jobs = list(emu.service.imports.jobs.values())
+        assert jobs and all(j.status == "CREATE FAILED" for j in jobs)
+        assert len({j.dataset_arn for j in jobs}) == len(jobs)  # one attempt per dataset, then a back-off
+        failed = service.bulk_metrics.jobs.labels("CREATE FAILED")._value.get()
+        assert failed == len(jobs)
+    finally:
+        service.stop_requested.set()
+        assert await asyncio.wait_for(run, 30) == EXIT_OK
+    assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
+    assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
+    dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
+    assert set(r.value for r in dead) == {e.value for e in expect.invalid}
