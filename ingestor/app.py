@@ -26,18 +26,22 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from ingestor.config import Settings
+from ingestor.control import ControlPlane, control_plane
 from ingestor.errors import ConfigError
 from ingestor.health import HealthServer
 from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.logs import configure_logging
 from ingestor.metrics import Metrics
 from ingestor.pipeline import Pipeline
+from ingestor.schema_source import ResolvedSchema, SchemaWatch, report, resolve_schemas
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
+SCHEMA_FETCH_TIMEOUT_S = 30.0  # start-up: the datasets' schemas from the control plane
+CHECK_TIMEOUT_S = 10.0  # --check-config: the same, for a quick answer
 BROKER_PROBE_S = 10.0  # how often the broker is asked for metadata (readiness)
 BROKER_STALE_S = 30.0  # /readyz fails when the broker has not answered for this long
 COMMIT_STALL_S = 300.0
@@ -74,6 +78,11 @@ class Service:
         self._progress_at = time.monotonic()
         self._bulk = contextlib.AsyncExitStack()  # the bulk catch-up's clients, when bulk.catch_up_after_s > 0
         self.catch_up: Any = None
+        self._control = contextlib.AsyncExitStack()  # the control plane (schemas, deletion jobs): closed last
+        self.schemas: dict[str, ResolvedSchema] = {}
+        self.schema_watch: SchemaWatch | None = None
+        self.deletions: list[Any] = []  # ingestor.deletions.DeletionPath per users dataset with on_delete: delete
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ health
 
@@ -146,12 +155,85 @@ class Service:
             await self.health.stop()
 
     async def _serve(self, client: Any, producer: AIOKafkaProducer) -> int:
+        try:
+            return await self._serve_with_control(client, producer)
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            for path in self.deletions:
+                await path.aclose()
+            if self.schema_watch is not None:
+                await self.schema_watch.aclose()
+            await self._control.aclose()
+
+    async def _resolve_schemas(self, control: ControlPlane) -> bool:
+        """Each route's schema before the pipeline is built (ingestor.schema_source). Routes without a schema file
+        wait for the control plane; schema files are compared with the datasets' schemas in the background."""
         s = self.settings
+        try:
+            if any(r.schema_path is None for r in s.routes):
+                self.schemas = await resolve_schemas(s, control, timeout_s=SCHEMA_FETCH_TIMEOUT_S)
+                report(self.schemas, s)
+                return True
+            self.schemas = await resolve_schemas(s, None)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return False
+
+        async def compare() -> None:
+            compared = await resolve_schemas(s, control, timeout_s=SCHEMA_FETCH_TIMEOUT_S)
+            report(compared, s)
+            if self.schema_watch is not None:
+                self.schema_watch.started(compared)
+
+        task = asyncio.create_task(compare(), name="compare schemas")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
+    async def _start_deletions(self, control: ControlPlane, pipeline: Pipeline, source: KafkaSource) -> None:
+        """A DeletionPath per users dataset with on_delete: delete (ConfigError: the staging bucket is missing)."""
+        from ingestor.bulk.importer import check_bucket, s3_client
+        from ingestor.deletions import DeletionMetrics, DeletionPath
+
+        s = self.settings
+        arns = {r.dataset_arn for r in s.routes if r.on_delete == "delete"}
+        if not arns:
+            return
+        s3 = await self._control.enter_async_context(s3_client(s))
+        await check_bucket(s3, s)
+        metrics = DeletionMetrics(self.metrics.registry)
+        for ds in pipeline.datasets:
+            if ds.target.dataset_arn in arns:
+                path = DeletionPath(s, ds, pipeline.tracker, control, s3, metrics)
+                ds.deletions = path
+                ds.deletions_open.clear()  # until the control plane says no other deletion job of the group runs
+                source.on_assigned_hooks.append(path.on_assigned)
+                source.on_revoked_hooks.append(path.on_revoked)
+                self.deletions.append(path)
+
+    async def _serve_with_control(self, client: Any, producer: AIOKafkaProducer) -> int:
+        s = self.settings
+        control = await self._control.enter_async_context(control_plane(s))
+        if not await self._resolve_schemas(control):
+            return EXIT_CONFIG
         pipeline = self.pipeline = Pipeline(
-            s, Sender(client, self.metrics, s.personalize.retry), producer, self.metrics
+            s,
+            Sender(client, self.metrics, s.personalize.retry),
+            producer,
+            self.metrics,
+            schemas={topic: r.schema for topic, r in self.schemas.items()},
         )
         pipeline.on_failure = self.stop_requested.set
+        self.schema_watch = SchemaWatch(control, self.schemas, s)
+        pipeline.on_rejected = self.schema_watch.rejected
         source = self.source = KafkaSource(s, pipeline, self.metrics)
+        try:
+            await self._start_deletions(control, pipeline, source)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         if s.bulk.catch_up_after_s > 0:
             from ingestor.bulk.catchup import catch_up
 
@@ -168,6 +250,8 @@ class Service:
             return EXIT_OK
         await source.check_broker()
         pipeline.start()
+        for path in self.deletions:
+            path.start()
         if self.catch_up is not None:
             self.catch_up.start()
         fetch = asyncio.create_task(source.run(), name="fetch")
@@ -308,13 +392,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"ingestor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(describe(settings))
+        try:
+            resolved = run_async(check_schemas(settings))
+        except ConfigError as exc:
+            print(f"ingestor: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(describe(settings, resolved))
         return EXIT_OK
     configure_logging(settings.logging.level, settings.logging.format)
     return int(run_async(serve(settings)))
 
 
-def describe(settings: Settings) -> str:
+async def check_schemas(settings: Settings) -> dict[str, ResolvedSchema]:
+    """``--check-config``: each route's schema and where it came from (files compared with the datasets')."""
+    async with control_plane(settings) as control:
+        return await resolve_schemas(settings, control, timeout_s=CHECK_TIMEOUT_S)
+
+
+def describe(settings: Settings, resolved: dict[str, ResolvedSchema] | None = None) -> str:
     """The effective configuration in a few lines (no secrets)."""
     k, p = settings.kafka, settings.personalize
     lines = [
@@ -324,6 +419,10 @@ def describe(settings: Settings) -> str:
         f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
     ]
     for r in settings.routes:
-        fields = ", ".join(f.name for f in r.load_schema().fields)
-        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields})")
+        schema = resolved[r.topic].schema if resolved else r.load_schema()
+        fields = ", ".join(f.name for f in schema.fields)
+        deletes = "; deletes → data deletion jobs" if r.on_delete == "delete" else ""
+        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; fields: {fields}{deletes})")
+        if resolved:
+            lines.append(f"      schema: {resolved[r.topic].origin}")
     return "\n".join(lines)

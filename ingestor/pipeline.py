@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ingestor.batcher import DatasetBuffer, Pending
 from ingestor.config import Route, Settings
@@ -41,6 +42,21 @@ class Dataset:
     resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
     stalled: str | None = None  # why the retry budget ran out (block mode) until a call succeeds again: not ready
     open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: bulk catch-up holds this dataset
+    deletions: DeletionSink | None = None  # on_delete: delete (ingestor.deletions.DeletionPath)
+    deletions_open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: another deletion job runs
+
+
+class DeletionSink(Protocol):
+    """Where deletes of a users dataset go (on_delete: delete), and which updates wait for a deletion job."""
+
+    def delete(self, rec: SourceRecord, record_id: str, epoch: int) -> None: ...
+
+    def hold(self, pending: Pending) -> bool: ...
+
+    def flush(self) -> None: ...
+
+    @property
+    def held(self) -> int: ...
 
 
 def _opened() -> asyncio.Event:
@@ -65,7 +81,9 @@ class Pipeline:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        schemas: Mapping[str, DatasetSchema] | None = None,
     ) -> None:
+        """``schemas``: each topic's schema as resolved at start (ingestor.schema_source); default: the files."""
         self.settings = settings
         self.metrics = metrics
         self.tracker = OffsetTracker()
@@ -94,7 +112,8 @@ class Pipeline:
                     DatasetBuffer(settings.batching.max_records, settings.batching.linger_ms / 1000),
                     limiters[key],
                 )
-            self._topics[route.topic] = _Topic(route, route.load_schema(), ds)
+            schema = schemas[route.topic] if schemas is not None else route.load_schema()
+            self._topics[route.topic] = _Topic(route, schema, ds)
         self.limiters = limiters
         self.datasets = list(datasets.values())
         self._slots = asyncio.Semaphore(settings.personalize.max_in_flight)
@@ -105,10 +124,14 @@ class Pipeline:
         self._flushing = False  # draining: send what is ready without waiting for linger
         self.failure: BaseException | None = None  # a bug: the service must stop loudly
         self.on_failure: Callable[[], None] = lambda: None
+        self.on_rejected: Callable[[str, int], None] = lambda arn, n: None  # InvalidInputException records
 
     @property
     def topics(self) -> list[str]:
         return list(self._topics)
+
+    def schema_of(self, topic: str) -> DatasetSchema:
+        return self._topics[topic].schema
 
     @property
     def stalled(self) -> str | None:
@@ -128,14 +151,20 @@ class Pipeline:
         if isinstance(result, Rejected):
             self._dead_letter(rec, epoch, result.stage, result.reason, result.error_class, arn)
             return
+        ds = topic.dataset
         if isinstance(result, Delete):
+            if ds.deletions is not None and result.record_id is not None:
+                ds.deletions.delete(rec, result.record_id, epoch)  # done once its deletion job is created
+                return
             # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
             log.debug("skipping delete/tombstone %s (id %s)", rec.where, result.record_id)
             self.tracker.done(rec.tp, rec.offset, epoch)
             return
-        ds = topic.dataset
-        if ds.buffer.add(Pending(rec, result.record_id, result.request, epoch=epoch), self._clock()):
+        pending = Pending(rec, result.record_id, result.request, epoch=epoch)
+        if ds.deletions is not None and ds.deletions.hold(pending):
+            return  # a deletion job of this id has not completed yet (invariant 8)
+        if ds.buffer.add(pending, self._clock()):
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
 
@@ -161,6 +190,7 @@ class Pipeline:
         while ds.fatal is None:
             await self._open.wait()
             await ds.open.wait()  # held while an import job of this dataset runs (invariant 8)
+            await ds.deletions_open.wait()  # ... or a deletion job of another member (ingestor.deletions)
             now = self._clock()
             due = buf.due_in(now)
             if due is not None and ds.resume_at > now:
@@ -219,6 +249,8 @@ class Pipeline:
             done = buf.accepted(p, now)
             for d in done:
                 self.tracker.done(d.source.tp, d.source.offset, d.epoch)
+        if outcome.rejected:
+            self.on_rejected(ds.target.dataset_arn, len(outcome.rejected))
         for p, reason in outcome.rejected:
             buf.rejected(p, now)
             reason = f"{p.source.where}: {reason}"
@@ -260,11 +292,16 @@ class Pipeline:
         self._flushing = True
         for ds in self.datasets:
             ds.wake.set()
+            if ds.deletions is not None:
+                ds.deletions.flush()
         deadline = self._clock() + timeout_s
         while self.tracker.pending_total > 0 and self._clock() < deadline and self.failure is None:
             healthy_idle = all(ds.buffer.buffered == 0 for ds in self.datasets if ds.fatal is None)
             if self.fatal is not None and healthy_idle and self.dlq.pending == 0:
                 break  # only the fatal route's records are left: they will never be done
+            held = sum(ds.deletions.held for ds in self.datasets if ds.deletions is not None)
+            if held and healthy_idle and self.dlq.pending == 0 and self.tracker.pending_total <= held:
+                break  # what is left waits for deletion jobs to complete: re-read after the restart
             await asyncio.sleep(0.02)
         self._flushing = False
         return self.tracker.pending_total == 0

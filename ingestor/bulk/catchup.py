@@ -269,7 +269,7 @@ class CatchUp:
                 base,
             )
             routes = self._routes[arn]
-            rng = DatasetRange(arn, routes, routes[0].load_schema(), dict(start), dict(cut))
+            rng = DatasetRange(arn, routes, self.pipeline.schema_of(routes[0].topic), dict(start), dict(cut))
             reader = self._reader_factory()
             await reader.start()
             try:
@@ -282,6 +282,7 @@ class CatchUp:
                     progress=Progress(every_s=30.0, tty=False),  # log lines only inside the service
                     metrics=self.pipeline.metrics,
                     commit=self._commit_cut,
+                    schemas={r.topic: self.pipeline.schema_of(r.topic) for r in routes},
                 )
                 result = await importer.import_range(rng, base, "auto", earlier, result)
             finally:

@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,6 +50,7 @@ from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.metrics import Metrics
 from ingestor.model import SourceRecord, TopicPartition
 from ingestor.schema import DatasetSchema
+from ingestor.schema_source import resolve_schemas
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,10 @@ class Importer:
         metrics: Metrics | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         commit: Callable[[dict[TopicPartition, int]], Awaitable[None]] | None = None,
+        schemas: Mapping[str, DatasetSchema] | None = None,
     ) -> None:
         self.settings = settings
+        self._schemas = schemas  # by topic, as resolved at start (ingestor.schema_source); default: the files
         self._commit_to = commit  # where the range's end is committed (default: this consumer's group)
         self.consumer = consumer
         self.jobs = jobs
@@ -206,6 +209,9 @@ class Importer:
             else None
         )
 
+    def _schema(self, route: Route) -> DatasetSchema:
+        return self._schemas[route.topic] if self._schemas is not None else route.load_schema()
+
     async def run(
         self, routes: list[Route], mode: str = "auto", *, dry_run: bool = False, output: Path | None = None
     ) -> list[ImportResult]:
@@ -214,7 +220,7 @@ class Importer:
             by_dataset.setdefault(route.dataset_arn, []).append(route)
         results = []
         for arn, dataset_routes in by_dataset.items():
-            rng = DatasetRange(arn, dataset_routes, dataset_routes[0].load_schema())
+            rng = DatasetRange(arn, dataset_routes, self._schema(dataset_routes[0]))
             results.append(await self.import_dataset(rng, mode, dry_run=dry_run, output=output))
         return results
 
@@ -330,7 +336,7 @@ class Importer:
         return end
 
     async def _read(self, rng: DatasetRange, store: LatestStore, result: ImportResult, dry_run: bool) -> None:
-        schema_by_topic = {r.topic: (r.load_schema(), r.format) for r in rng.routes}
+        schema_by_topic = {r.topic: (self._schema(r), r.format) for r in rng.routes}
         todo = {tp for tp in rng.end if rng.end[tp] > rng.start[tp]}
         for tp in rng.end:
             if tp not in todo:
@@ -613,15 +619,19 @@ async def run_import(
     async with contextlib.AsyncExitStack() as stack:
         consumer = await stack.enter_async_context(_consumer(settings))
         jobs = s3 = producer = None
+        control = await stack.enter_async_context(control_plane(settings))
+        schemas = None
+        if any(r.schema_path is None for r in routes):  # the dataset's live schema (ingestor.schema_source)
+            resolved = await resolve_schemas(settings, control, routes=routes)
+            schemas = {topic: r.schema for topic, r in resolved.items()}
         if not dry_run:
             settings.bulk.require()
             s3 = await stack.enter_async_context(s3_client(settings))
             await check_bucket(s3, settings)
-            control = await stack.enter_async_context(control_plane(settings))
             await control.probe(routes[0].dataset_arn)
             jobs = control
             producer = await stack.enter_async_context(_producer(settings))
-        importer = Importer(settings, consumer, jobs, s3, producer, progress=progress)
+        importer = Importer(settings, consumer, jobs, s3, producer, progress=progress, schemas=schemas)
         return await importer.run(routes, mode, dry_run=dry_run, output=output)
     raise AssertionError("unreachable")  # pragma: no cover - mypy: the exit stack may swallow exceptions
 
