@@ -134,38 +134,41 @@ class Service:
             await self.health.stop()
             return EXIT_CONFIG
         self.metrics.ready.set_function(lambda: 1.0 if self.ready() is None else 0.0)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap_servers,
-            client_id=f"{s.kafka.client_id}-dlq",
-            acks="all",
-            request_timeout_ms=s.kafka.request_timeout_ms,
-            **kafka_security_kwargs(s),
-        )
         try:
             async with personalize_client(s) as client:
+                control = await self._control.enter_async_context(control_plane(s))
+                if not await self._resolve_schemas(control):  # before Kafka: a bad route fails start-up at once
+                    return EXIT_CONFIG
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=s.kafka.bootstrap_servers,
+                    client_id=f"{s.kafka.client_id}-dlq",
+                    acks="all",
+                    request_timeout_ms=s.kafka.request_timeout_ms,
+                    **kafka_security_kwargs(s),
+                )
                 try:
                     if not await self._start_with_retry(producer.start, "the dead-letter producer"):
                         return EXIT_OK
-                    return await self._serve(client, producer)
+                    return await self._serve(client, producer, control)
                 finally:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(10):
                             await producer.stop()
         finally:
-            await self.health.stop()
-
-    async def _serve(self, client: Any, producer: AIOKafkaProducer) -> int:
-        try:
-            return await self._serve_with_control(client, producer)
-        finally:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+            await self._control.aclose()
+            await self.health.stop()
+
+    async def _serve(self, client: Any, producer: AIOKafkaProducer, control: ControlPlane) -> int:
+        try:
+            return await self._serve_with_control(client, producer, control)
+        finally:
             for path in self.deletions:
                 await path.aclose()
             if self.schema_watch is not None:
                 await self.schema_watch.aclose()
-            await self._control.aclose()
 
     async def _resolve_schemas(self, control: ControlPlane) -> bool:
         """Each route's schema before the pipeline is built (ingestor.schema_source). Routes without a schema file
@@ -213,11 +216,8 @@ class Service:
                 source.on_revoked_hooks.append(path.on_revoked)
                 self.deletions.append(path)
 
-    async def _serve_with_control(self, client: Any, producer: AIOKafkaProducer) -> int:
+    async def _serve_with_control(self, client: Any, producer: AIOKafkaProducer, control: ControlPlane) -> int:
         s = self.settings
-        control = await self._control.enter_async_context(control_plane(s))
-        if not await self._resolve_schemas(control):
-            return EXIT_CONFIG
         pipeline = self.pipeline = Pipeline(
             s,
             Sender(client, self.metrics, s.personalize.retry),
