@@ -150,7 +150,8 @@ class DeletionPath:
         self._collecting.setdefault(record_id, None)
         if self._first_at is None:
             self._first_at = self._clock()
-        if len(self._collecting) >= self.settings.deletions.max_ids:
+            self._wake.set()  # the loop starts timing max_wait_s
+        elif len(self._collecting) >= self.settings.deletions.max_ids:
             self._wake.set()
         self.metrics.held.set(self._parked_count)
 
