@@ -107,8 +107,8 @@ class Service:
     def live(self) -> str | None:
         if self.pipeline is None:
             return None
-        if self.pipeline.buffered == 0:
-            self._progress_at = time.monotonic()
+        if self.pipeline.buffered == 0 or any(path.waiting for path in self.deletions):
+            self._progress_at = time.monotonic()  # updates held for a deletion job: the commit waits, as it should
             return None
         stalled_for = time.monotonic() - self._progress_at
         if stalled_for > COMMIT_STALL_S:

@@ -170,6 +170,11 @@ class DeletionPath:
         """Updates parked until a deletion job completes (not done until then; re-read after a restart)."""
         return self._parked_count
 
+    @property
+    def waiting(self) -> bool:
+        """Updates wait for a deletion job (the commit may not advance meanwhile, and that is expected)."""
+        return self._parked_count > 0 or self.foreign_held
+
     def flush(self) -> None:
         """Submit what is collected now (drain)."""
         self._flush = True
@@ -187,15 +192,20 @@ class DeletionPath:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Forget collected deletes and held updates of revoked partitions (the next owner reads them again);
         a batch touching them whose job is not created yet is abandoned (no job of theirs may start later)."""
+        requeue: list[_Mark] = []
         for batch in list(self._batches):
             if batch.job_arn is None and batch.task is not None and any(m.tp in revoked for m in batch.marks):
                 log.info("%s: partitions revoked before deletion job %s was created: abandoned", self.arn, batch.name)
                 batch.task.cancel()
                 await asyncio.gather(batch.task, return_exceptions=True)
-        self._marks = [m for m in self._marks if m.tp not in revoked]
+                requeue += batch.marks  # the deletes of partitions still owned go into the next job
+        self._marks = [m for m in requeue + self._marks if m.tp not in revoked]
         self._collecting = {m.record_id: None for m in self._marks if m.record_id is not None}
         if not self._marks:
             self._first_at = None
+        elif self._first_at is None:
+            self._first_at = self._clock()
+            self._wake.set()
         for record_id in list(self._parked):
             keep = [p for p in self._parked[record_id] if p.source.tp not in revoked]
             self._parked_count -= len(self._parked[record_id]) - len(keep)
