@@ -207,6 +207,8 @@ class CatchUp:
         self._foreign.discard(arn)
         self._unchecked.discard(arn)
         ds.open.set()
+        if ds.deletions is not None:
+            return  # on_delete: delete: an import job would skip (and commit) the deletes: this dataset streams
         backlog = self.backlog(arn)
         limit = self.settings.bulk.catch_up_after_s
         if backlog.seconds > limit and backlog.records > 0 and self._clock() >= self._backoff_until.get(arn, 0.0):

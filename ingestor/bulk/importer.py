@@ -669,6 +669,12 @@ def main(args: argparse.Namespace) -> int:
             if unknown:
                 raise ConfigError(f"--topic {sorted(unknown)}: no route reads this topic")
             routes = [r for r in routes if r.topic in args.topic]
+        deleting = [r.topic for r in routes if r.on_delete == "delete"]
+        if deleting and not args.dry_run:  # an import skips deletes: committing them here would lose them
+            raise ConfigError(
+                f"routes {deleting} have on_delete: delete, and an import job cannot delete users: stream them "
+                "with `ingestor run`, or leave them out with --topic"
+            )
         if not args.dry_run:
             settings.bulk.require()
     except ConfigError as exc:
