@@ -42,7 +42,7 @@ from prometheus_client import Counter as PromCounter
 from ingestor.batcher import Pending
 from ingestor.bulk.staging import CsvRenderer, stage_to_s3
 from ingestor.config import Settings
-from ingestor.control import DeletionJob, DeletionJobs, DeletionStatus, JobNameTaken, dataset_group_arn
+from ingestor.control import DeletionJob, DeletionJobs, DeletionStatus, ImportBusy, JobNameTaken, dataset_group_arn
 from ingestor.errors import IngestorError
 from ingestor.model import SourceRecord, TopicPartition
 from ingestor.offsets import OffsetTracker
@@ -338,6 +338,8 @@ class DeletionPath:
         while True:
             try:
                 result = await call()
+            except ImportBusy as exc:  # LimitExceeded / ResourceInUse: too many jobs at once; wait, still healthy
+                log.info("%s: %s must wait (%s); retrying in %.0fs", self.arn, what, exc, delay)
             except IngestorError as exc:
                 log.warning("%s: %s failed (%s); retrying in %.0fs", self.arn, what, exc, delay)
                 self.ds.stalled = self._stalled = f"{what}: {exc}"  # not ready while it fails
