@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from ingestor.broker_health import BrokerHealth
 from ingestor.bulk.catchup import BulkMetrics, catch_up
 from ingestor.config import Settings
+from ingestor.control import ControlPlane, control_plane
 from ingestor.errors import ConfigError
 from ingestor.health import HealthServer
 from ingestor.kafka_auth import kafka_security_kwargs
@@ -35,12 +36,15 @@ from ingestor.logs import configure_logging
 from ingestor.metrics import Metrics
 from ingestor.personalize_http import DirectPersonalizeClient
 from ingestor.pipeline import Pipeline
+from ingestor.schema_source import ResolvedSchema, SchemaWatch, report, resolve_schemas
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
+SCHEMA_FETCH_TIMEOUT_S = 30.0  # start-up: the datasets' schemas from the control plane
+CHECK_TIMEOUT_S = 10.0  # --check-config: the same, for a quick answer
 BROKER_PROBE_S = 10.0  # how often the broker is asked for metadata (readiness)
 BROKER_STALE_S = 30.0  # /readyz fails when the broker has not answered for this long
 COMMIT_STALL_S = 300.0
@@ -124,6 +128,11 @@ class Service:
         self._progress_at = time.monotonic()
         self._bulk = contextlib.AsyncExitStack()  # the bulk catch-up's clients, when bulk.catch_up_after_s > 0
         self.catch_up: Any = None
+        self._control = contextlib.AsyncExitStack()  # the control plane (schemas, deletion jobs): closed last
+        self.schemas: dict[str, ResolvedSchema] = {}
+        self.schema_watch: SchemaWatch | None = None
+        self.deletions: list[Any] = []  # ingestor.deletions.DeletionPath per users dataset with on_delete: delete
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ health
 
@@ -150,8 +159,8 @@ class Service:
     def live(self) -> str | None:
         if self.pipeline is None:
             return None
-        if self.pipeline.buffered == 0:
-            self._progress_at = time.monotonic()
+        if self.pipeline.buffered == 0 or any(path.waiting for path in self.deletions):
+            self._progress_at = time.monotonic()  # updates held for a deletion job: the commit waits, as it should
             return None
         stalled_for = time.monotonic() - self._progress_at
         if stalled_for > COMMIT_STALL_S:
@@ -184,22 +193,27 @@ class Service:
             await self.health.stop()
             return EXIT_CONFIG
         self.metrics.ready.set_function(lambda: 1.0 if self.ready() is None else 0.0)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap_servers,
-            client_id=f"{s.kafka.client_id}-dlq",
-            acks="all",
-            request_timeout_ms=s.kafka.request_timeout_ms,
-            **kafka_security_kwargs(s),
-        )
         try:
             session = personalize_session(s)
             async with personalize_client(s, session) as client:
                 reuse_user_agent(client)
                 direct = await direct_client(s, session, client) if s.personalize.http == "direct" else None
+                control = await self._control.enter_async_context(control_plane(s))
+                if not await self._resolve_schemas(control):  # before Kafka: a bad route fails start-up at once
+                    if direct is not None:
+                        await direct.aclose()
+                    return EXIT_CONFIG
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=s.kafka.bootstrap_servers,
+                    client_id=f"{s.kafka.client_id}-dlq",
+                    acks="all",
+                    request_timeout_ms=s.kafka.request_timeout_ms,
+                    **kafka_security_kwargs(s),
+                )
                 try:
                     if not await self._start_with_retry(producer.start, "the dead-letter producer"):
                         return EXIT_OK
-                    return await self._serve(direct or client, producer)
+                    return await self._serve(direct or client, producer, control)
                 finally:
                     if direct is not None:
                         await direct.aclose()
@@ -207,15 +221,85 @@ class Service:
                         async with asyncio.timeout(10):
                             await producer.stop()
         finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self._control.aclose()
             await self.health.stop()
 
-    async def _serve(self, client: Any, producer: AIOKafkaProducer) -> int:
+    async def _serve(self, client: Any, producer: AIOKafkaProducer, control: ControlPlane) -> int:
+        try:
+            return await self._serve_with_control(client, producer, control)
+        finally:
+            for path in self.deletions:
+                await path.aclose()
+            if self.schema_watch is not None:
+                await self.schema_watch.aclose()
+
+    async def _resolve_schemas(self, control: ControlPlane) -> bool:
+        """Each route's schema before the pipeline is built (ingestor.schema_source). Routes without a schema file
+        wait for the control plane; schema files are compared with the datasets' schemas in the background."""
+        s = self.settings
+        try:
+            if any(r.schema_path is None for r in s.routes):
+                self.schemas = await resolve_schemas(s, control, timeout_s=SCHEMA_FETCH_TIMEOUT_S)
+                report(self.schemas, s)
+                return True
+            self.schemas = await resolve_schemas(s, None)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return False
+
+        async def compare() -> None:
+            compared = await resolve_schemas(s, control, timeout_s=SCHEMA_FETCH_TIMEOUT_S)
+            report(compared, s)
+            if self.schema_watch is not None:
+                self.schema_watch.started(compared)
+
+        task = asyncio.create_task(compare(), name="compare schemas")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
+    async def _start_deletions(self, control: ControlPlane, pipeline: Pipeline, source: KafkaSource) -> None:
+        """A DeletionPath per users dataset with on_delete: delete (ConfigError: the staging bucket is missing)."""
+        from ingestor.bulk.importer import check_bucket, s3_client
+        from ingestor.deletions import DeletionMetrics, DeletionPath
+
+        s = self.settings
+        arns = {r.dataset_arn for r in s.routes if r.on_delete == "delete"}
+        if not arns:
+            return
+        s3 = await self._control.enter_async_context(s3_client(s))
+        await check_bucket(s3, s)
+        metrics = DeletionMetrics(self.metrics.registry)
+        for ds in pipeline.datasets:
+            if ds.target.dataset_arn in arns:
+                path = DeletionPath(s, ds, pipeline.tracker, control, s3, metrics)
+                ds.deletions = path
+                ds.deletions_open.clear()  # until the control plane says no other deletion job of the group runs
+                source.on_assigned_hooks.append(path.on_assigned)
+                source.on_revoked_hooks.append(path.on_revoked)
+                self.deletions.append(path)
+
+    async def _serve_with_control(self, client: Any, producer: AIOKafkaProducer, control: ControlPlane) -> int:
         s = self.settings
         pipeline = self.pipeline = Pipeline(
-            s, Sender(client, self.metrics, s.personalize.retry), producer, self.metrics
+            s,
+            Sender(client, self.metrics, s.personalize.retry),
+            producer,
+            self.metrics,
+            schemas={topic: r.schema for topic, r in self.schemas.items()},
         )
         pipeline.on_failure = self.stop_requested.set
+        self.schema_watch = SchemaWatch(control, self.schemas, s)
+        pipeline.on_rejected = self.schema_watch.rejected
         source = self.source = KafkaSource(s, pipeline, self.metrics, broker_health=self.broker_health)
+        try:
+            await self._start_deletions(control, pipeline, source)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         if s.bulk.catch_up_after_s > 0:
             try:  # before the consumer joins: datasets are held until the control plane was asked
                 self.catch_up = await self._bulk.enter_async_context(
@@ -230,6 +314,8 @@ class Service:
             return EXIT_OK
         await source.check_broker()
         pipeline.start()
+        for path in self.deletions:
+            path.start()
         if self.catch_up is not None:
             self.catch_up.start()
         fetch = asyncio.create_task(source.run(), name="fetch")
@@ -372,13 +458,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"ingestor: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        print(describe(settings))
+        try:
+            resolved = run_async(check_schemas(settings))
+        except ConfigError as exc:
+            print(f"ingestor: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(describe(settings, resolved))
         return EXIT_OK
     configure_logging(settings.logging.level, settings.logging.format)
     return int(run_async(serve(settings)))
 
 
-def describe(settings: Settings) -> str:
+async def check_schemas(settings: Settings) -> dict[str, ResolvedSchema]:
+    """``--check-config``: each route's schema and where it came from (files compared with the datasets')."""
+    async with control_plane(settings) as control:
+        return await resolve_schemas(settings, control, timeout_s=CHECK_TIMEOUT_S)
+
+
+def describe(settings: Settings, resolved: dict[str, ResolvedSchema] | None = None) -> str:
     """The effective configuration in a few lines (no secrets)."""
     k, p = settings.kafka, settings.personalize
     lines = [
@@ -401,7 +498,8 @@ def describe(settings: Settings) -> str:
         catch = f"catch-up above {b.catch_up_after_s:g}s of backlog" if b.catch_up_after_s else "catch-up off"
         lines.append(f"bulk path: staging {b.s3_uri}, role {b.role_arn}, {catch}")
     for r in settings.routes:
-        fields = ", ".join(f.name for f in r.load_schema().fields)
+        schema = resolved[r.topic].schema if resolved else r.load_schema()
+        fields = ", ".join(f.name for f in schema.fields)
         if r.kind == "interactions":
             events = r.event_builder()
             attributes = ", ".join(events.attributes)
@@ -409,5 +507,8 @@ def describe(settings: Settings) -> str:
             fields += f"; tracking_id {r.tracking_id}, sessionId else {r.session_id}, TIMESTAMP in {r.timestamp_unit}"
         else:
             fields = f"fields: {fields}"
-        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; {fields})")
+        deletes = "; deletes → data deletion jobs" if r.on_delete == "delete" else ""
+        lines.append(f"  {r.topic} → {r.api} {r.dataset_arn} ({r.format}; {fields}{deletes})")
+        if resolved:
+            lines.append(f"      schema: {resolved[r.topic].origin}")
     return "\n".join(lines)

@@ -160,7 +160,7 @@ class Route(_Frozen):
     topic: str = Field(min_length=1)
     kind: Literal["items", "users", "interactions"]
     dataset_arn: str
-    schema_path: Path = Field(alias="schema")
+    schema_path: Path | None = Field(None, alias="schema")  # None: the dataset's live schema, fetched at start
     format: Literal["auto", "api", "flat", "debezium", "avro"] = "auto"
     # interactions routes (PutEvents) only:
     tracking_id: str | None = Field(None, min_length=1, max_length=256, description="the event tracker's id")
@@ -168,6 +168,7 @@ class Route(_Frozen):
         "user_id", description="sessionId of an event whose record has no SESSION_ID: the user id or the Kafka key"
     )
     timestamp_unit: Literal["s", "ms", "us"] = Field("s", description="the unit of TIMESTAMP / sentAt numbers")
+    on_delete: Literal["skip", "delete"] = "skip"  # delete: data deletion jobs (users routes only)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -184,6 +185,12 @@ class Route(_Frozen):
     @model_validator(mode="after")
     def _schema_loads(self) -> Route:
         # Fails at start-up, naming the file, if the schema is missing or not a Personalize schema.
+        if self.on_delete == "delete" and self.kind != "users":
+            raise ValueError(
+                "on_delete: delete works for users routes only (Personalize has no deletion for items); use skip"
+            )
+        if self.schema_path is None:
+            return self  # fetched from the control plane at start (ingestor.schema_source)
         try:
             self.load_schema()
             if self.kind == "interactions":
@@ -203,6 +210,8 @@ class Route(_Frozen):
             raise ValueError(f"tracking_id is for interactions routes only; this route is kind {self.kind}")
         if self.kind == "interactions" and self.format == "avro":
             raise ValueError("interactions routes read JSON values; format avro is for items and users routes")
+        if self.kind == "interactions" and self.schema_path is None:
+            raise ValueError("interactions routes need their schema file (schema: interactions.avsc)")
         return self
 
     @property
@@ -220,10 +229,14 @@ class Route(_Frozen):
         return {"items": "PutItems", "users": "PutUsers", "interactions": "PutEvents"}[self.kind]
 
     def load_schema(self) -> DatasetSchema:
+        """The schema file's schema; ConfigError when the route has none (its schema is fetched at start)."""
+        if self.schema_path is None:
+            raise ConfigError(f"routes[{self.topic}].schema is not set: the dataset's schema is fetched at start")
         return DatasetSchema.load(self.schema_path, self.dataset_kind)
 
     def event_builder(self) -> EventBuilder:
         """Interactions routes: the schema compiled into the PutEvents event builder."""
+        assert self.schema_path is not None  # checked for interactions routes
         return EventBuilder.load(self.schema_path, session_id=self.session_id, timestamp_unit=self.timestamp_unit)
 
 
@@ -344,6 +357,15 @@ class BulkSettings(_Frozen):
         return self.s3_uri, self.role_arn
 
 
+class DeletionSettings(_Frozen):
+    """User deletions (routes with ``on_delete: delete``): data deletion jobs fed by CSVs staged under bulk.s3_uri."""
+
+    max_ids: int = Field(1000, ge=1, description="submit a deletion job once this many deletes are collected")
+    max_wait_s: float = Field(60.0, gt=0, description="... or once the oldest collected delete waited this long")
+    poll_interval_s: float = Field(10.0, gt=0, description="how often a running deletion job is described")
+    max_attempts: int = Field(3, ge=1, description="a FAILED job is submitted again up to this many times in all")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", env_prefix="INGESTOR_", env_nested_delimiter="__", case_sensitive=False
@@ -358,6 +380,7 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = ShutdownSettings()
     schema_registry: SchemaRegistrySettings | None = None
     bulk: BulkSettings = BulkSettings()
+    deletions: DeletionSettings = DeletionSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -378,6 +401,18 @@ class Settings(BaseSettings):
             raise ValueError(f"routes: each topic may appear in one route only, got {topics}")
         if self.kafka.dead_letter_topic in topics:
             raise ValueError("kafka.dead_letter_topic must not be one of the route topics")
+        deleting = [r.topic for r in self.routes if r.on_delete == "delete"]
+        mixed = sorted(
+            {r.dataset_arn for r in self.routes if r.on_delete == "delete"}
+            & {r.dataset_arn for r in self.routes if r.on_delete == "skip"}
+        )
+        if mixed:
+            raise ValueError(f"routes feeding {mixed[0]} must agree on on_delete (all skip or all delete)")
+        if deleting and (self.bulk.s3_uri is None or self.bulk.role_arn is None):
+            raise ValueError(
+                f"routes {deleting} have on_delete: delete, which stages deletion CSVs: set bulk.s3_uri "
+                "(INGESTOR_BULK__S3_URI) and bulk.role_arn (INGESTOR_BULK__ROLE_ARN)"
+            )
         needed_ms = (self.shutdown.drain_budget_s + self.kafka.commit_timeout_s) * 1000
         if self.kafka.rebalance_timeout_ms < needed_ms:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The Personalize control plane (botocore's ``personalize`` service): dataset import jobs.
+"""The Personalize control plane (botocore's ``personalize`` service): dataset import jobs, the dataset's own
+schema (DescribeDataset → DescribeSchema) and data deletion jobs.
 
 One aioboto3 client for the command's or the service's lifetime. botocore retries throttling and 5xx itself here
 (``standard`` mode): control calls are few and not paced by our limiter. Foreign errors are mapped at this boundary:
@@ -141,6 +142,47 @@ class ControlPlane:
                 "set it (INGESTOR_PERSONALIZE__CONTROL_ENDPOINT_URL) or check the network"
             ) from exc
 
+    # ------------------------------------------------------------------ the dataset's own schema
+
+    async def describe_dataset_schema(self, dataset_arn: str) -> LiveSchema:
+        """The dataset's live schema: DescribeDataset → ``schemaArn`` → DescribeSchema."""
+        dataset = (await self._call("describe_dataset", datasetArn=dataset_arn))["dataset"]
+        schema_arn = str(dataset.get("schemaArn") or "")
+        if not schema_arn:
+            raise ControlPlaneError(f"describe_dataset: {dataset_arn} has no schemaArn")
+        schema = (await self._call("describe_schema", schemaArn=schema_arn))["schema"]
+        return LiveSchema(dataset_arn, schema_arn, str(schema.get("schema", "")))
+
+    # ------------------------------------------------------------------ data deletion jobs
+
+    async def create_deletion_job(self, name: str, dataset_group_arn: str, location: str, role_arn: str) -> str:
+        response = await self._call(
+            "create_data_deletion_job",
+            jobName=name,
+            datasetGroupArn=dataset_group_arn,
+            dataSource={"dataLocation": location},
+            roleArn=role_arn,
+        )
+        return str(response["dataDeletionJobArn"])
+
+    async def describe_deletion_job(self, arn: str) -> DeletionJob:
+        response = await self._call("describe_data_deletion_job", dataDeletionJobArn=arn)
+        return DeletionJob.from_api(response["dataDeletionJob"])
+
+    async def list_deletion_jobs(self, dataset_group_arn: str) -> list[DeletionJob]:
+        """Every deletion job of the dataset group, newest first (all pages)."""
+        jobs: list[DeletionJob] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"datasetGroupArn": dataset_group_arn, "maxResults": 100}
+            if token:
+                kwargs["nextToken"] = token
+            response = await self._call("list_data_deletion_jobs", **kwargs)
+            jobs += [DeletionJob.from_api(j) for j in response.get("dataDeletionJobs", [])]
+            token = response.get("nextToken")
+            if not token:
+                return jobs
+
     async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response: dict[str, Any] = await getattr(self._client, method)(**kwargs)
@@ -180,3 +222,68 @@ async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
     )
     async with session.client("personalize", endpoint_url=control_endpoint(settings), config=config) as client:
         yield ControlPlane(client)
+
+
+# ---------------------------------------------------------------------- the dataset's own schema
+
+
+@dataclass(frozen=True)
+class LiveSchema:
+    """A dataset's schema as the control plane holds it (DescribeDataset → schemaArn → DescribeSchema)."""
+
+    dataset_arn: str
+    schema_arn: str
+    avro: str  # the schema's JSON text, in Personalize's Avro dialect
+
+
+# ---------------------------------------------------------------------- data deletion jobs
+
+
+class DeletionStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (DeletionStatus.COMPLETED, DeletionStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class DeletionJob:
+    arn: str
+    name: str
+    status: DeletionStatus
+    num_deleted: int | None = None
+    failure_reason: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> DeletionJob:
+        try:
+            status = DeletionStatus(str(data.get("status", "")))
+        except ValueError:  # an undocumented status: not finished, keep waiting
+            status = DeletionStatus.IN_PROGRESS
+        return cls(
+            arn=str(data["dataDeletionJobArn"]),
+            name=str(data.get("jobName", "")),
+            status=status,
+            num_deleted=data.get("numDeleted"),
+            failure_reason=data.get("failureReason"),
+        )
+
+
+class DeletionJobs(Protocol):
+    """What the deletion path needs from the control plane (a fake in unit tests)."""
+
+    async def create_deletion_job(self, name: str, dataset_group_arn: str, location: str, role_arn: str) -> str: ...
+
+    async def describe_deletion_job(self, arn: str) -> DeletionJob: ...
+
+    async def list_deletion_jobs(self, dataset_group_arn: str) -> list[DeletionJob]: ...
+
+
+def dataset_group_arn(dataset_arn: str) -> str:
+    """``arn:aws:personalize:R:A:dataset/GROUP/USERS`` → ``arn:aws:personalize:R:A:dataset-group/GROUP``."""
+    head, _, rest = dataset_arn.partition(":dataset/")
+    return f"{head}:dataset-group/{rest.split('/', 1)[0]}"

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ingestor.avro import AvroDecoder
 from ingestor.batcher import DatasetBuffer, Pending
@@ -46,6 +47,21 @@ class Dataset:
     resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
     stalled: str | None = None  # why the retry budget ran out (block mode) until a call succeeds again: not ready
     open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: bulk catch-up holds this dataset
+    deletions: DeletionSink | None = None  # on_delete: delete (ingestor.deletions.DeletionPath)
+    deletions_open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: another deletion job runs
+
+
+class DeletionSink(Protocol):
+    """Where deletes of a users dataset go (on_delete: delete), and which updates wait for a deletion job."""
+
+    def delete(self, rec: SourceRecord, record_id: str, epoch: int) -> None: ...
+
+    def hold(self, pending: Pending) -> bool: ...
+
+    def flush(self) -> None: ...
+
+    @property
+    def held(self) -> int: ...
 
 
 def _opened() -> asyncio.Event:
@@ -73,8 +89,10 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         registry: SchemaSource | None = None,
         wall_clock: Callable[[], float] = time.time,
+        schemas: Mapping[str, DatasetSchema] | None = None,
     ) -> None:
-        """``clock`` paces and times out; ``wall_clock`` (Unix time) is compared with Kafka timestamps."""
+        """``clock`` paces and times out; ``wall_clock`` (Unix time) is compared with Kafka timestamps; ``schemas``:
+        each topic's schema as resolved at start (ingestor.schema_source); default: the files."""
         self.settings = settings
         self.metrics = metrics
         self.tracker = OffsetTracker()
@@ -107,7 +125,8 @@ class Pipeline:
                     limiters[key],
                 )
             events = route.event_builder() if route.kind == "interactions" else None
-            self._topics[route.topic] = _Topic(route, route.load_schema(), ds, events)
+            schema = schemas[route.topic] if schemas is not None else route.load_schema()
+            self._topics[route.topic] = _Topic(route, schema, ds, events)
         self.limiters = limiters
         self.datasets = list(datasets.values())
         self._slots = asyncio.Semaphore(settings.personalize.max_in_flight)
@@ -135,10 +154,14 @@ class Pipeline:
         self.schemas.on_resolved = self._release_held
         self._decode = AvroDecoder(self.schemas).decode
         self.held = HeldRecords()  # records waiting for a writer schema, in order per partition
+        self.on_rejected: Callable[[str, int], None] = lambda arn, n: None  # InvalidInputException records
 
     @property
     def topics(self) -> list[str]:
         return list(self._topics)
+
+    def schema_of(self, topic: str) -> DatasetSchema:
+        return self._topics[topic].schema
 
     @property
     def stalled(self) -> str | None:
@@ -185,14 +208,20 @@ class Pipeline:
         if isinstance(result, Rejected):
             self._dead_letter(rec, epoch, result.stage, result.reason, result.error_class, arn)
             return True
+        ds = topic.dataset
         if isinstance(result, Delete):
+            if ds.deletions is not None and result.record_id is not None:
+                ds.deletions.delete(rec, result.record_id, epoch)  # done once its deletion job is created
+                return True
             # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
             log.debug("skipping delete/tombstone %s (id %s)", rec.where, result.record_id)
             self.tracker.done(rec.tp, rec.offset, epoch)
             return True
-        ds = topic.dataset
-        if ds.buffer.add(Pending(rec, result.record_id, result.request, epoch=epoch), self._clock()):
+        pending = Pending(rec, result.record_id, result.request, epoch=epoch)
+        if ds.deletions is not None and ds.deletions.hold(pending):
+            return True  # a deletion job of this id has not completed yet (invariant 8)
+        if ds.buffer.add(pending, self._clock()):
             self.metrics.records_superseded.labels(ds.target.api).inc()
         ds.wake.set()
         return True
@@ -241,6 +270,7 @@ class Pipeline:
         while ds.fatal is None:
             await self._open.wait()
             await ds.open.wait()  # held while an import job of this dataset runs (invariant 8)
+            await ds.deletions_open.wait()  # ... or a deletion job of another member (ingestor.deletions)
             now = self._clock()
             due = buf.due_in(now)
             if due is not None and ds.resume_at > now:
@@ -304,6 +334,8 @@ class Pipeline:
             done = buf.accepted(p, now)
             for d in done:
                 self.tracker.done(d.source.tp, d.source.offset, d.epoch)
+        if outcome.rejected:
+            self.on_rejected(ds.target.dataset_arn, len(outcome.rejected))
         for p, reason in outcome.rejected:
             buf.rejected(p, now)
             reason = f"{p.source.where}: {reason}"
@@ -345,6 +377,8 @@ class Pipeline:
         self._flushing = True
         for ds in self.datasets:
             ds.wake.set()
+            if ds.deletions is not None:
+                ds.deletions.flush()
         deadline = self._clock() + timeout_s
         while self.tracker.pending_total > 0 and self._clock() < deadline and self.failure is None:
             healthy_idle = all(ds.buffer.buffered == 0 for ds in self.datasets if ds.fatal is None)
@@ -352,6 +386,9 @@ class Pipeline:
                 break  # only the fatal route's records are left: they will never be done
             if self.held.count == self.tracker.pending_total and self.schemas.failing is not None:
                 break  # only records waiting for an unavailable schema registry are left
+            held = sum(ds.deletions.held for ds in self.datasets if ds.deletions is not None)
+            if held and healthy_idle and self.dlq.pending == 0 and self.tracker.pending_total <= held:
+                break  # what is left waits for deletion jobs to complete: re-read after the restart
             await asyncio.sleep(0.02)
         self._flushing = False
         return self.tracker.pending_total == 0

@@ -213,6 +213,8 @@ class CatchUp:
         self._foreign.discard(arn)
         self._unchecked.discard(arn)
         ds.open.set()
+        if ds.deletions is not None:
+            return  # on_delete: delete: an import job would skip (and commit) the deletes: this dataset streams
         backlog = self.backlog(arn)
         limit = self.settings.bulk.catch_up_after_s
         if backlog.seconds > limit and backlog.records > 0 and self._clock() >= self._backoff_until.get(arn, 0.0):
@@ -278,7 +280,7 @@ class CatchUp:
                 base,
             )
             routes = self._routes[arn]
-            rng = DatasetRange(arn, routes, routes[0].load_schema(), dict(start), dict(cut))
+            rng = DatasetRange(arn, routes, self.pipeline.schema_of(routes[0].topic), dict(start), dict(cut))
             reader = self._reader_factory()
             await reader.start()
             try:
@@ -291,7 +293,8 @@ class CatchUp:
                     progress=Progress(every_s=30.0, tty=False),  # log lines only inside the service
                     metrics=self.pipeline.metrics,
                     commit=self._commit_cut,
-                    schemas=self.pipeline.schemas,
+                    schemas={r.topic: self.pipeline.schema_of(r.topic) for r in routes},
+                    writer_schemas=self.pipeline.schemas,
                 )
                 result = await importer.import_range(rng, base, "auto", earlier, result, already_done=already_done)
             finally:

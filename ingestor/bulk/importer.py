@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -52,6 +52,7 @@ from ingestor.metrics import Metrics
 from ingestor.model import SourceRecord, TopicPartition
 from ingestor.schema import DatasetSchema
 from ingestor.schema_cache import SchemaPending, WriterSchemas
+from ingestor.schema_source import resolve_schemas
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +195,15 @@ class Importer:
         metrics: Metrics | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         commit: Callable[[dict[TopicPartition, int]], Awaitable[None]] | None = None,
-        schemas: WriterSchemas | None = None,
+        schemas: Mapping[str, DatasetSchema] | None = None,
+        writer_schemas: WriterSchemas | None = None,
     ) -> None:
         self.settings = settings
+        self._schemas = schemas  # by topic, as resolved at start (ingestor.schema_source); default: the files
         # Avro values decode with writer schemas from the registry, exactly as in streaming; without a registry a
         # WriterSchemas with no source still tells Avro records apart (and dead-letters them with that reason).
-        self._schemas = schemas if schemas is not None else WriterSchemas(None)
-        self._decoder = AvroDecoder(self._schemas).decode
+        self._writer_schemas = writer_schemas if writer_schemas is not None else WriterSchemas(None)
+        self._decoder = AvroDecoder(self._writer_schemas).decode
         self._commit_to = commit  # where the range's end is committed (default: this consumer's group)
         self.consumer = consumer
         self.jobs = jobs
@@ -213,6 +216,9 @@ class Importer:
             else None
         )
 
+    def _schema(self, route: Route) -> DatasetSchema:
+        return self._schemas[route.topic] if self._schemas is not None else route.load_schema()
+
     async def run(
         self, routes: list[Route], mode: str = "auto", *, dry_run: bool = False, output: Path | None = None
     ) -> list[ImportResult]:
@@ -221,7 +227,7 @@ class Importer:
             by_dataset.setdefault(route.dataset_arn, []).append(route)
         results = []
         for arn, dataset_routes in by_dataset.items():
-            rng = DatasetRange(arn, dataset_routes, dataset_routes[0].load_schema())
+            rng = DatasetRange(arn, dataset_routes, self._schema(dataset_routes[0]))
             results.append(await self.import_dataset(rng, mode, dry_run=dry_run, output=output))
         return results
 
@@ -346,7 +352,7 @@ class Importer:
             try:
                 return prepare(rec, schema, fmt, self._decoder)
             except SchemaPending as pending:
-                await self._schemas.wait(pending.schema_id)
+                await self._writer_schemas.wait(pending.schema_id)
 
     async def _read(
         self,
@@ -356,7 +362,7 @@ class Importer:
         dry_run: bool,
         already_done: Callable[[TopicPartition, int], bool] | None = None,
     ) -> None:
-        schema_by_topic = {r.topic: (r.load_schema(), r.format) for r in rng.routes}
+        schema_by_topic = {r.topic: (self._schema(r), r.format) for r in rng.routes}
         todo = {tp for tp in rng.end if rng.end[tp] > rng.start[tp]}
         for tp in rng.end:
             if tp not in todo:
@@ -641,23 +647,29 @@ async def run_import(
     async with contextlib.AsyncExitStack() as stack:
         consumer = await stack.enter_async_context(_consumer(settings))
         jobs = s3 = producer = None
+        control = await stack.enter_async_context(control_plane(settings))
+        schemas = None
+        if any(r.schema_path is None for r in routes):  # the dataset's live schema (ingestor.schema_source)
+            resolved = await resolve_schemas(settings, control, routes=routes)
+            schemas = {topic: r.schema for topic, r in resolved.items()}
         if not dry_run:
             settings.bulk.require()
             s3 = await stack.enter_async_context(s3_client(settings))
             await check_bucket(s3, settings)
-            control = await stack.enter_async_context(control_plane(settings))
             await control.probe(routes[0].dataset_arn)
             jobs = control
             producer = await stack.enter_async_context(_producer(settings))
-        schemas = WriterSchemas(None)
+        writer_schemas = WriterSchemas(None)
         if settings.schema_registry is not None:
             from ingestor.registry import RegistryClient
 
             registry = RegistryClient(settings.schema_registry)
             stack.push_async_callback(registry.close)
-            schemas = WriterSchemas(registry, max_size=settings.schema_registry.cache_size)
-            stack.push_async_callback(schemas.aclose)
-        importer = Importer(settings, consumer, jobs, s3, producer, progress=progress, schemas=schemas)
+            writer_schemas = WriterSchemas(registry, max_size=settings.schema_registry.cache_size)
+            stack.push_async_callback(writer_schemas.aclose)
+        importer = Importer(
+            settings, consumer, jobs, s3, producer, progress=progress, schemas=schemas, writer_schemas=writer_schemas
+        )
         return await importer.run(routes, mode, dry_run=dry_run, output=output)
     raise AssertionError("unreachable")  # pragma: no cover - mypy: the exit stack may swallow exceptions
 
@@ -698,6 +710,12 @@ def main(args: argparse.Namespace) -> int:
                     "(interactions routes stream only)"
                 )
             routes = [r for r in routes if r.topic in args.topic]
+        deleting = [r.topic for r in routes if r.on_delete == "delete"]
+        if deleting and not args.dry_run:  # an import skips deletes: committing them here would lose them
+            raise ConfigError(
+                f"routes {deleting} have on_delete: delete, and an import job cannot delete users: stream them "
+                "with `ingestor run`, or leave them out with --topic"
+            )
         if not args.dry_run:
             settings.bulk.require()
     except ConfigError as exc:

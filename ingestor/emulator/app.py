@@ -3,8 +3,8 @@
 * ``POST /items`` (PutItems), ``POST /users`` (PutUsers), ``POST /events`` (PutEvents): 200 with ``{}`` on
   success; errors carry the code in ``x-amzn-ErrorType`` and ``{"message": ...}`` in the body, as botocore parses.
 * ``POST /`` with ``X-Amz-Target: AmazonPersonalize.<Operation>``: the JSON 1.1 control plane, dispatched through
-  ``CONTROL_PLANE`` (operation name → handler). Dataset import jobs (``imports.OPERATIONS``) are served; add a
-  module's operations to the table to serve more.
+  ``CONTROL_PLANE`` (operation name → handler): dataset import jobs (``imports.OPERATIONS``), the datasets' schemas
+  (``schemas.OPERATIONS``) and data deletion jobs (``deletions.OPERATIONS``); add a module's operations to serve more.
 * ``GET /_emulator/state``, ``GET /_emulator/stats``, ``POST /_emulator/reset``, ``GET|POST /_emulator/config``:
   unauthenticated inspection and run-time configuration for tests, demos and people.
 * ``/schemas/...``, ``/subjects/...``: a local Schema Registry (``schema_registry.url`` = the emulator's URL) and
@@ -26,10 +26,12 @@ from aiohttp import web
 
 from ingestor.emulator.client import EmulatorClient
 from ingestor.emulator.config import Api, EmulatorConfig
+from ingestor.emulator.deletions import OPERATIONS as DELETION_JOB_OPERATIONS
 from ingestor.emulator.errors import ApiError, invalid_input, unknown_operation
 from ingestor.emulator.imports import OPERATIONS as IMPORT_JOB_OPERATIONS
 from ingestor.emulator.quotas import Clock
 from ingestor.emulator.registry import SchemaRegistry, add_routes
+from ingestor.emulator.schemas import OPERATIONS as SCHEMA_OPERATIONS
 from ingestor.emulator.service import EmulatorService, check_signature
 from ingestor.errors import ConfigError
 
@@ -44,6 +46,8 @@ ControlPlaneHandler = Callable[[EmulatorService, dict[str, Any]], Awaitable[dict
 # Operation name (e.g. "DescribeDataset") → handler returning the JSON response.
 CONTROL_PLANE: dict[str, ControlPlaneHandler] = {
     **IMPORT_JOB_OPERATIONS,  # CreateDatasetImportJob, DescribeDatasetImportJob, ListDatasetImportJobs
+    **SCHEMA_OPERATIONS,  # DescribeDataset, DescribeSchema
+    **DELETION_JOB_OPERATIONS,  # CreateDataDeletionJob, DescribeDataDeletionJob, ListDataDeletionJobs
 }
 
 

@@ -138,11 +138,18 @@ class ImportConfig(_Frozen):
     max_incremental_bytes: int = Field(1024**3, ge=1, description="data per INCREMENTAL import job (1 GB)")
 
 
+class DeletionConfig(_Frozen):
+    """Data deletion jobs (the control plane): CSVs of USER_IDs are read from ``imports.s3_endpoint_url``."""
+
+    duration_s: float = Field(5.0, ge=0, description="PENDING → IN_PROGRESS → COMPLETED; users are removed at the end")
+
+
 class EmulatorConfig(_Frozen):
     datasets: tuple[DatasetConfig, ...] = Field(min_length=1)
     quotas: QuotaConfig = QuotaConfig()
     faults: FaultConfig = FaultConfig()
     imports: ImportConfig = ImportConfig()
+    deletions: DeletionConfig = DeletionConfig()
     seed: int | None = None
     max_events_kept: int = Field(10_000, ge=0, description="PutEvents events kept for inspection")
 

@@ -96,6 +96,7 @@ class Dataset:
     def __init__(self, config: DatasetConfig, max_events_kept: int = 10_000) -> None:
         self.config = config
         self.schema = config.load_schema()
+        self.schema_text = config.schema_path.read_text(encoding="utf-8")  # what DescribeSchema answers
         self.records: dict[str, StoredRecord] = {}
         self.bulk_imported = False  # an import job has reached ACTIVE: INCREMENTAL imports are allowed
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events_kept)
@@ -167,6 +168,17 @@ class Dataset:
             next_seq += 1
         self.bulk_imported = True
         return next_seq
+
+    def delete_users(self, user_ids: set[str]) -> int:
+        """A data deletion job completed: these users' records and events are gone. Returns the records removed."""
+        gone = [rid for rid in self.records if rid in user_ids]
+        for rid in gone:
+            del self.records[rid]
+        if self.events:
+            kept = [e for e in self.events if e.get("userId") not in user_ids]
+            self.events.clear()
+            self.events.extend(kept)
+        return len(gone)
 
     # ------------------------------------------------------------------ events
 

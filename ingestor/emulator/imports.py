@@ -392,6 +392,10 @@ class ImportJobs:
             rows += await asyncio.to_thread(parse_csv, data, dataset, f"s3://{bucket}/{object_key}")
         return rows
 
+    def object_store(self) -> ObjectStore:
+        """The S3 reader (shared with data deletion jobs)."""
+        return self._object_store()
+
     def _object_store(self) -> ObjectStore:
         if self._store is None:
             if self.config.s3_endpoint_url is None:

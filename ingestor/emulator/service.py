@@ -17,6 +17,7 @@ from typing import Any
 
 from ingestor.emulator.config import Api, EmulatorConfig
 from ingestor.emulator.datasets import EVENT_STRING_MAX_CHARS, Dataset, check_list, check_string
+from ingestor.emulator.deletions import DeletionJobs
 from ingestor.emulator.errors import (
     ApiError,
     Outcome,
@@ -104,12 +105,14 @@ class EmulatorService:
         self.stats = Stats()
         self._seq = 0
         self.imports = ImportJobs(config.imports, self.datasets, self._import_records)
+        self.deletions = DeletionJobs(config.deletions, self.datasets, self.imports.object_store)
 
     def _import_records(self, dataset: Dataset, records: list[tuple[str, dict[str, Any]]], full: bool) -> None:
         self._seq = dataset.import_records(records, full, self._seq, self._wall_clock())
 
     async def aclose(self) -> None:
-        """Cancel running import jobs, close the S3 client."""
+        """Cancel running import and deletion jobs, close the S3 client."""
+        await self.deletions.aclose()
         await self.imports.aclose()
 
     async def handle(self, api: Api, body: bytes, authorization: str | None) -> None:
@@ -196,11 +199,13 @@ class EmulatorService:
         return {
             "datasets": {arn: d.to_json() for arn, d in self.datasets.items()},
             "import_jobs": self.imports.to_json(),
+            "deletion_jobs": self.deletions.to_json(),
         }
 
     def reset(self) -> None:
         """Forget stored data, import jobs, counters and quota usage; restart the fault sequence from the seed."""
         self.imports.reset()
+        self.deletions.reset()
         for dataset in self.datasets.values():
             dataset.clear()
         self.stats = Stats()
@@ -213,6 +218,7 @@ class EmulatorService:
             "quotas": self.quotas.config.model_dump(mode="json"),
             "faults": self.faults.config.model_dump(mode="json"),
             "imports": self.imports.config.model_dump(mode="json"),
+            "deletions": self.deletions.config.model_dump(mode="json"),
             "seed": self.config.seed,
         }
 
@@ -223,15 +229,19 @@ class EmulatorService:
         New quotas start with full buckets; a new seed restarts the fault sequence; a new import duration applies
         to jobs created from then on. Raises ConfigError.
         """
-        unknown = set(changes) - {"quotas", "faults", "imports", "seed"}
+        unknown = set(changes) - {"quotas", "faults", "imports", "deletions", "seed"}
         if unknown:
-            raise ConfigError(f"only quotas, faults, imports and seed can change at run time, not {sorted(unknown)}")
+            raise ConfigError(
+                f"only quotas, faults, imports, deletions and seed can change at run time, not {sorted(unknown)}"
+            )
         self.config = self.config.updated(**changes)
         if "quotas" in changes:
             self.quotas.reconfigure(self.config.quotas)
         self.faults.reconfigure(self.config.faults)
         if "imports" in changes:
             self.imports.reconfigure(self.config.imports)
+        if "deletions" in changes:
+            self.deletions.config = self.config.deletions
         if "seed" in changes:
             self.faults.reseed(self.config.seed)
         return self.settings()
