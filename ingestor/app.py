@@ -33,6 +33,8 @@ from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.logs import configure_logging
 from ingestor.metrics import Metrics
 from ingestor.pipeline import Pipeline
+from ingestor.quota_bus import KafkaHeartbeatBus
+from ingestor.quota_share import Load, QuotaShare, member_id
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
 
@@ -72,6 +74,7 @@ class Service:
         self.stop_requested = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
+        self.quota: QuotaShare | None = None
         self.health: HealthServer | None = None
         self._progress_at = time.monotonic()
 
@@ -161,7 +164,12 @@ class Service:
         )
         pipeline.on_failure = self.stop_requested.set
         source = self.source = KafkaSource(s, pipeline, self.metrics, broker_health=self.broker_health)
+        quota = self.quota = quota_share(s, pipeline, source, self.metrics)
+        quota_task = asyncio.create_task(quota.run(), name="quota share") if quota is not None else None
+        if quota_task is not None:
+            quota_task.add_done_callback(_report_quota_end)
         if not await self._start_with_retry(source.start, "the consumer"):
+            await self._stop_quota(quota, quota_task)
             await source.stop()
             return EXIT_OK
         await source.check_broker()
@@ -198,6 +206,7 @@ class Service:
             pipeline.dlq.report()
             self.broker_health.report()
             await pipeline.stop()
+            await self._stop_quota(quota, quota_task)
             await source.stop()
         if pipeline.fatal is not None:
             log.error("exiting after a fatal error: %s", pipeline.fatal)
@@ -205,6 +214,14 @@ class Service:
         if pipeline.failure is not None or fetch_error is not None:
             return EXIT_FAILURE
         return EXIT_OK
+
+    @staticmethod
+    async def _stop_quota(quota: QuotaShare | None, task: asyncio.Task[None] | None) -> None:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if quota is not None:
+            await quota.stop()
 
     async def _start_with_retry(self, start: Callable[[], Awaitable[None]], what: str) -> bool:
         """Start a Kafka client, retrying while the broker is unreachable (not ready meanwhile).
@@ -265,6 +282,41 @@ class Service:
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s: draining (budget %.0fs)", sig.name, self.settings.shutdown.drain_budget_s)
         self.stop_requested.set()
+
+
+def _report_quota_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("quota sharing stopped (shares stay as they are): %r", exc, exc_info=exc)
+
+
+def quota_share(settings: Settings, pipeline: Pipeline, source: KafkaSource, metrics: Metrics) -> QuotaShare | None:
+    """Quota sharing by demand (``personalize.quota_sharing.mode: demand``), hooked to the source's rebalances."""
+    qs = settings.personalize.quota_sharing
+    if qs.mode != "demand":
+        return None
+    member = member_id(settings.kafka.client_id)
+    topics = pipeline.limiter_topics
+
+    def probe() -> dict[tuple[str, str], Load]:
+        consumed = {
+            s.labels["topic"]: s.value
+            for m in metrics.records_consumed.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        }
+        return {key: Load(source.backlog(ts), sum(consumed.get(t, 0.0) for t in ts)) for key, ts in topics.items()}
+
+    share = QuotaShare(
+        qs,
+        pipeline.limiters,
+        KafkaHeartbeatBus(settings, client_id=f"{settings.kafka.client_id}-quota"),
+        probe,
+        member=member,
+        max_records=settings.batching.max_records,
+        metrics=metrics,
+    )
+    source.quota_listener = share.assigned
+    return share
 
 
 async def serve(settings: Settings) -> int:
