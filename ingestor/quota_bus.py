@@ -96,15 +96,22 @@ class KafkaHeartbeatBus:
             await admin.close()
 
     async def publish(self, heartbeat: Heartbeat) -> None:
+        """Hands the heartbeat to the producer without waiting for the broker's answer (the loop keeps reading);
+        whether it arrived shows when it comes back to our own reader."""
         if self._producer is None:
             raise QuotaBusError("not started")
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._producer.send_and_wait(
+                delivery = await self._producer.send(
                     self.topic, heartbeat.encode(), key=heartbeat.member.encode(), partition=0
                 )
         except (KafkaError, OSError, TimeoutError) as exc:
             raise QuotaBusError(f"publish to {self.topic}: {type(exc).__name__}: {exc}") from exc
+        delivery.add_done_callback(self._delivered)
+
+    def _delivered(self, delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and (exc := delivery.exception()) is not None:
+            log.debug("a quota heartbeat was not delivered to %s: %r", self.topic, exc)
 
     async def receive(self, timeout_s: float) -> list[Heartbeat]:
         if self._consumer is None:
