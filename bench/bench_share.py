@@ -237,14 +237,14 @@ async def balanced(broker: EmbeddedBroker, emu: RunningEmulator, window: float) 
     }
 
 
-async def churn(broker: EmbeddedBroker, emu: RunningEmulator, step: float) -> dict[str, Any]:
+async def churn(broker: EmbeddedBroker, emu: RunningEmulator, step: float, mode: str = "demand") -> dict[str, Any]:
     """1 → 2 → 3 → 2 → 1 → 2 replicas, one change every ``step`` seconds, a backlog on all 6 partitions."""
-    tag = f"churn-{int(time.time() * 1000)}"
+    tag = f"churn-{mode}-{int(time.time() * 1000)}"
     topic = f"items-{tag}"
     await create_topics(broker.bootstrap_servers, {topic: 6, f"dlq-{tag}": 1})
     steps = 6
     await produce_to(broker.bootstrap_servers, topic, list(range(6)), int(QUOTA * 10 * (steps * step + 20)))
-    replicas = Replicas(lambda: settings(broker.bootstrap_servers, emu.url, tag, "demand"))
+    replicas = Replicas(lambda: settings(broker.bootstrap_servers, emu.url, tag, mode))
     sampler = Sampler(emu)
     first = replicas.add()
     counts = []
@@ -288,6 +288,7 @@ async def main(window: float, step: float) -> int:
             results["skew, by partitions"] = await skew(broker, emu, "partitions", window)
             results["balanced, by demand"] = await balanced(broker, emu, window)
             results["churn, by demand"] = await churn(broker, emu, step)
+            results["churn, by partitions"] = await churn(broker, emu, step, "partitions")
     finally:
         broker.stop()
     checks = {

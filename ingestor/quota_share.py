@@ -155,7 +155,7 @@ class HeartbeatBus(Protocol):
 class Load:
     """What one replica has to send for one quota."""
 
-    backlog: int  # records waiting: fetched and not done, plus not yet fetched (lag)
+    backlog: int | None  # records waiting: fetched and not done, plus not fetched yet (lag); None: not known yet
     consumed: float  # records consumed so far (a counter: the intake rate is its slope)
 
 
@@ -259,12 +259,19 @@ class QuotaShare:
                 samples.popleft()
             (t0, c0) = samples[0]
             rate = max(0.0, load.consumed - c0) / (now - t0) / self._max_records if now > t0 else 0.0
-            calls = HEADROOM * rate + load.backlog / (self._max_records * DRAIN_S)
+            if load.backlog is None:  # just assigned, not fetched yet: ask for all until we know
+                demand = 1.0
+            else:
+                demand = min(1.0, (HEADROOM * rate + load.backlog / (self._max_records * DRAIN_S)) / limiter.configured)
+            if key not in self._counts:
+                fixed: float | None = 0.0  # no partitions yet: nothing to send, nothing to reserve
+            else:
+                fixed = None if healthy else self._partition_share(key)
             claims[key] = Claim(
-                demand=min(1.0, calls / limiter.configured),
+                demand=demand,
                 partitions=self._counts.get(key, (0, 0))[0],
-                fixed=None if healthy else self._partition_share(key),
-                backlog=load.backlog,
+                fixed=fixed,
+                backlog=load.backlog or 0,
                 rate=rate,
             )
         self._seq += 1

@@ -249,22 +249,24 @@ class KafkaSource:
             mine += sum(1 for tp in assigned if tp.topic == topic)
         return mine, total
 
-    def backlog(self, topics: list[str]) -> int:
-        """Records of these topics waiting on this member: fetched and not done, or not fetched yet (lag)."""
+    def backlog(self, topics: list[str]) -> int | None:
+        """Records of these topics waiting on this member: fetched and not done, or not fetched yet (lag).
+        None while a partition's backlog is not known yet (assigned, no fetch answered since)."""
         waiting = 0
         for tp in self.assignment():
             if tp.topic not in topics:
                 continue
-            pending = self.pipeline.tracker.pending(tp)
             try:
                 high = self.consumer.highwater(_theirs(tp))
             except (AssertionError, IllegalStateError):
                 high = None
+            if high is None:
+                return None
             position = self.pipeline.tracker.position(tp)
             if position is None:
                 position = self.pipeline.tracker.last_committed(tp)
-            lag = high - position if high is not None and position is not None else 0
-            waiting += max(pending, lag)
+            lag = high - position if position is not None else 0
+            waiting += max(self.pipeline.tracker.pending(tp), lag)
         return waiting
 
     async def stop(self) -> None:

@@ -105,7 +105,7 @@ class FakeClock:
 
 @dataclass
 class FakeLoad:
-    backlog: int = 0
+    backlog: int | None = 0
     consumed: float = 0.0
 
     def __call__(self) -> Mapping[Key, Load]:
@@ -336,3 +336,27 @@ async def test_two_members_on_a_shared_bus_converge_and_fall_back_when_it_fails(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_a_member_not_yet_assigned_reserves_nothing() -> None:
+    clock = FakeClock()
+    a, newcomer = member("a", clock, FakeLoad(backlog=10_000)), member("n", clock, FakeLoad())
+    a.assigned({KEY: (4, 4)})
+    for _ in range(3):
+        clock.now += 1.0
+        exchange(a, newcomer)
+    assert newcomer.beat().claims[KEY].fixed == 0.0
+    assert a.applied[KEY] == pytest.approx(1.0)
+
+
+@dataclass
+class UnknownLoad:
+    def __call__(self) -> Mapping[Key, Load]:
+        return {KEY: Load(None, 0.0)}
+
+
+def test_a_backlog_not_known_yet_asks_for_the_whole_quota() -> None:
+    clock = FakeClock()
+    a = member("a", clock, UnknownLoad())
+    a.assigned({KEY: (2, 4)})
+    assert a.beat().claims[KEY].demand == 1.0
