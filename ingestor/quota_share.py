@@ -200,6 +200,7 @@ class QuotaShare:
         self.applied: dict[Key, float] = {}
         self._beat_soon = False
         self._bus_ok = True
+        self._bus_started_at = 0.0
 
     # ------------------------------------------------------------------ view
 
@@ -332,12 +333,21 @@ class QuotaShare:
                 await asyncio.sleep(interval / 10)  # a failing bus must not spin
             self.receive(received or ())
             self.update()
+            if self._clock() - max(self._own_seen_at or 0.0, self._bus_started_at) > 2 * self.settings.ttl_s:
+                # Our heartbeats do not come back (e.g. the topic is gone with a broker that lost its storage):
+                # start the clients again, which re-creates the topic.
+                log.info("our quota heartbeats do not come back: restarting the heartbeat clients")
+                with contextlib.suppress(QuotaBusError, TimeoutError):
+                    async with asyncio.timeout(5):
+                        await self._bus.stop()
+                await self._start_bus()
 
     async def _start_bus(self) -> None:
         delay = self.settings.heartbeat_interval_s
         while True:
             try:
                 await self._bus.start()
+                self._bus_started_at = self._clock()
                 return
             except QuotaBusError as exc:
                 if self._bus_ok:

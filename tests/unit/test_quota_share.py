@@ -292,8 +292,11 @@ class MemoryBus:
     read: int = 0
     down: bool = False
     started: bool = field(default=False)
+    starts: int = 0
+    deaf: bool = False  # publishes succeed but nothing is ever read (e.g. the topic vanished)
 
     async def start(self) -> None:
+        self.starts += 1
         if self.down:
             raise QuotaBusError("down")
         self.read = len(self.log)
@@ -309,7 +312,7 @@ class MemoryBus:
             raise QuotaBusError("down")
         await asyncio.sleep(timeout_s)
         new, self.read = self.log[self.read :], len(self.log)
-        return new
+        return [] if self.deaf else new
 
     async def stop(self) -> None: ...
 
@@ -360,3 +363,21 @@ def test_a_backlog_not_known_yet_asks_for_the_whole_quota() -> None:
     a = member("a", clock, UnknownLoad())
     a.assigned({KEY: (2, 4)})
     assert a.beat().claims[KEY].demand == 1.0
+
+
+async def test_a_member_whose_heartbeats_do_not_come_back_restarts_its_bus_and_falls_back() -> None:
+    settings = QuotaSharingSettings(heartbeat_interval_s=0.1, ttl_s=0.3)
+    bus = MemoryBus([])
+    m = QuotaShare(settings, {KEY: RateLimiter(QUOTA)}, bus, FakeLoad(backlog=10_000), member="a")
+    m.assigned({KEY: (2, 4)})
+    task = asyncio.create_task(m.run())
+    try:
+        await wait_until(lambda: m.healthy, timeout=10, what="healthy")
+        bus.deaf = True
+        await wait_until(lambda: not m.healthy and m.applied[KEY] == 0.5, timeout=10, what="fallback")
+        await wait_until(lambda: bus.starts >= 2, timeout=10, what="the bus restarted")
+        bus.deaf = False
+        await wait_until(lambda: m.healthy, timeout=10, what="healthy again")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
