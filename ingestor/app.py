@@ -33,7 +33,7 @@ from ingestor.kafka_auth import kafka_security_kwargs
 from ingestor.logs import configure_logging
 from ingestor.metrics import Metrics
 from ingestor.pipeline import Pipeline
-from ingestor.quota_bus import KafkaHeartbeatBus
+from ingestor.quota_bus import KafkaHeartbeatBus, quota_topic
 from ingestor.quota_share import Load, QuotaShare, member_id
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
@@ -370,7 +370,12 @@ def describe(settings: Settings) -> str:
         f"configuration OK: Kafka {k.bootstrap_servers} ({k.security.protocol}), group {k.group_id}, "
         f"DLQ {k.dead_letter_topic}",
         f"Personalize {p.endpoint_url or 'AWS ' + p.region}, {p.max_in_flight} calls in flight, "
-        f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
+        f"rate limits {p.rate_limits} calls/s per dataset group, shared by replicas "
+        + (
+            f"by demand (heartbeats on {quota_topic(settings)})"
+            if p.quota_sharing.mode == "demand"
+            else "by partition count"
+        ),
     ]
     if (reg := settings.schema_registry) is not None:
         auth = (

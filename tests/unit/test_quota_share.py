@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -381,3 +382,28 @@ async def test_a_member_whose_heartbeats_do_not_come_back_restarts_its_bus_and_f
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------- settings
+
+
+CONFIG_FILE = Path(__file__).parents[2] / "config" / "ingestor.yaml"
+
+
+def test_quota_sharing_defaults_to_demand_and_takes_the_mode_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingestor.config import Settings
+
+    assert Settings.load(CONFIG_FILE).personalize.quota_sharing.mode == "demand"
+    monkeypatch.setenv("INGESTOR_PERSONALIZE__QUOTA_SHARING__MODE", "partitions")
+    assert Settings.load(CONFIG_FILE).personalize.quota_sharing.mode == "partitions"
+    monkeypatch.delenv("INGESTOR_PERSONALIZE__QUOTA_SHARING__MODE")
+    shorthand = Settings.load(CONFIG_FILE, personalize={"quota_sharing": "partitions"})
+    assert shorthand.personalize.quota_sharing.mode == "partitions"
+
+
+def test_a_ttl_shorter_than_two_heartbeats_fails_at_start_naming_the_key() -> None:
+    from ingestor.config import Settings
+    from ingestor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"personalize\.quota_sharing.*ttl_s"):
+        Settings.load(CONFIG_FILE, personalize={"quota_sharing": {"heartbeat_interval_s": 2, "ttl_s": 3}})
