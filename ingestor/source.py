@@ -235,7 +235,9 @@ class KafkaSource:
         else:
             for (group, api), (mine, total) in counts.items():
                 limiter = self.pipeline.limiters[(group, api)]
-                limiter.set_share(1.0 if total == 0 else max(mine, 1) / total)
+                share = 1.0 if total == 0 else max(mine, 1) / total
+                limiter.set_share(share)
+                self.metrics.quota_share.labels(group, api).set(share)
                 self.metrics.rate_limit.labels(group, api).set(limiter.rate)
         shares = ", ".join(f"{g}/{a}={mine}/{total}" for (g, a), (mine, total) in counts.items())
         log.info("partitions assigned: %s; partitions per quota: %s", sorted(map(str, assigned)), shares)
