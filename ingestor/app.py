@@ -36,6 +36,8 @@ from ingestor.logs import configure_logging
 from ingestor.metrics import Metrics
 from ingestor.personalize_http import DirectPersonalizeClient
 from ingestor.pipeline import Pipeline
+from ingestor.quota_bus import KafkaHeartbeatBus, quota_topic
+from ingestor.quota_share import Load, QuotaShare, member_id
 from ingestor.schema_source import ResolvedSchema, SchemaWatch, report, resolve_schemas
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
@@ -124,6 +126,7 @@ class Service:
         self.stop_requested = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.source: KafkaSource | None = None
+        self.quota: QuotaShare | None = None
         self.health: HealthServer | None = None
         self._progress_at = time.monotonic()
         self._bulk = contextlib.AsyncExitStack()  # the bulk catch-up's clients, when bulk.catch_up_after_s > 0
@@ -309,7 +312,12 @@ class Service:
                 log.error("%s", exc)
                 await self._bulk.aclose()
                 return EXIT_CONFIG
+        quota = self.quota = quota_share(s, pipeline, source, self.metrics)
+        quota_task = asyncio.create_task(quota.run(), name="quota share") if quota is not None else None
+        if quota_task is not None:
+            quota_task.add_done_callback(_report_quota_end)
         if not await self._start_with_retry(source.start, "the consumer"):
+            await self._stop_quota(quota, quota_task)
             await source.stop()
             return EXIT_OK
         await source.check_broker()
@@ -351,6 +359,7 @@ class Service:
             pipeline.dlq.report()
             self.broker_health.report()
             await pipeline.stop()
+            await self._stop_quota(quota, quota_task)
             await source.stop()
         if pipeline.fatal is not None:
             log.error("exiting after a fatal error: %s", pipeline.fatal)
@@ -358,6 +367,14 @@ class Service:
         if pipeline.failure is not None or fetch_error is not None:
             return EXIT_FAILURE
         return EXIT_OK
+
+    @staticmethod
+    async def _stop_quota(quota: QuotaShare | None, task: asyncio.Task[None] | None) -> None:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if quota is not None:
+            await quota.stop()
 
     async def _start_with_retry(self, start: Callable[[], Awaitable[None]], what: str) -> bool:
         """Start a Kafka client, retrying while the broker is unreachable (not ready meanwhile).
@@ -418,6 +435,41 @@ class Service:
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s: draining (budget %.0fs)", sig.name, self.settings.shutdown.drain_budget_s)
         self.stop_requested.set()
+
+
+def _report_quota_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("quota sharing stopped (shares stay as they are): %r", exc, exc_info=exc)
+
+
+def quota_share(settings: Settings, pipeline: Pipeline, source: KafkaSource, metrics: Metrics) -> QuotaShare | None:
+    """Quota sharing by demand (``personalize.quota_sharing.mode: demand``), hooked to the source's rebalances."""
+    qs = settings.personalize.quota_sharing
+    if qs.mode != "demand":
+        return None
+    member = member_id(settings.kafka.client_id)
+    topics = pipeline.limiter_topics
+
+    def probe() -> dict[tuple[str, str], Load]:
+        consumed = {
+            s.labels["topic"]: s.value
+            for m in metrics.records_consumed.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        }
+        return {key: Load(source.backlog(ts), sum(consumed.get(t, 0.0) for t in ts)) for key, ts in topics.items()}
+
+    share = QuotaShare(
+        qs,
+        pipeline.limiters,
+        KafkaHeartbeatBus(settings, client_id=f"{settings.kafka.client_id}-quota"),
+        probe,
+        member=member,
+        max_records=settings.batching.max_records,
+        metrics=metrics,
+    )
+    source.quota_listener = share.assigned
+    return share
 
 
 async def serve(settings: Settings) -> int:
@@ -482,7 +534,12 @@ def describe(settings: Settings, resolved: dict[str, ResolvedSchema] | None = No
         f"configuration OK: Kafka {k.bootstrap_servers} ({k.security.protocol}), group {k.group_id}, "
         f"DLQ {k.dead_letter_topic}",
         f"Personalize {p.endpoint_url or 'AWS ' + p.region}, {p.max_in_flight} calls in flight, "
-        f"rate limits {p.rate_limits} calls/s per dataset group (shared by replicas)",
+        f"rate limits {p.rate_limits} calls/s per dataset group, shared by replicas "
+        + (
+            f"by demand (heartbeats on {quota_topic(settings)})"
+            if p.quota_sharing.mode == "demand"
+            else "by partition count"
+        ),
     ]
     if (reg := settings.schema_registry) is not None:
         auth = (

@@ -125,6 +125,38 @@ class RetrySettings(_Frozen):
     on_exhausted: Literal["block", "dead_letter"] = "block"
 
 
+class QuotaSharingSettings(_Frozen):
+    """How replicas split each dataset group's quota (see ingestor/quota_share.py).
+
+    ``demand``: replicas publish their demand (backlog, recent rate) every ``heartbeat_interval_s`` to a small Kafka
+    topic and split the quota max-min fairly by demand; a replica that cannot see the topic falls back to its
+    partition share. ``partitions``: each replica paces at its share of the assigned partitions (no topic).
+    """
+
+    mode: Literal["demand", "partitions"] = "demand"
+    topic: str | None = Field(None, description="the heartbeat topic; default: <kafka.group_id>.quota")
+    heartbeat_interval_s: float = Field(1.0, ge=0.1, le=10.0)
+    ttl_s: float = Field(4.0, gt=0, description="a replica unheard of for this long no longer counts")
+    idle_reserve: float = Field(
+        0.05, ge=0, le=0.5, description="share of the quota kept for idle replicas (split among them) to start fast"
+    )
+    create_topic: bool = Field(True, description="create the heartbeat topic (1 partition) if it does not exist")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ttl_covers_heartbeats(self) -> QuotaSharingSettings:
+        if self.ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"ttl_s ({self.ttl_s:g}) must be at least twice heartbeat_interval_s ({self.heartbeat_interval_s:g}),"
+                " or live replicas would flicker out of the view"
+            )
+        return self
+
+
 class PersonalizeSettings(_Frozen):
     region: str = "us-east-1"
     endpoint_url: str | None = None
@@ -144,6 +176,7 @@ class PersonalizeSettings(_Frozen):
         description="sdk: every call through aioboto3; direct: the same signed requests built by the ingestor, for "
         "a fraction of the CPU (see ingestor/personalize_http.py)",
     )
+    quota_sharing: QuotaSharingSettings = QuotaSharingSettings()
 
     @field_validator("rate_limits")
     @classmethod

@@ -42,3 +42,7 @@ class FatalRouteError(IngestorError):
 
 class DeliveryError(IngestorError):
     """A Personalize call failed in a way that may succeed later (throttling, 5xx, timeouts, connection errors)."""
+
+
+class QuotaBusError(IngestorError):
+    """The quota heartbeat topic cannot be written or read now; the replica falls back to its partition share."""

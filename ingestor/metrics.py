@@ -92,6 +92,23 @@ class Metrics:
             ["dataset_group", "api"],
             registry=r,
         )
+        self.quota_share = Gauge(
+            "ingestor_quota_share",
+            "This replica's share of the quota per dataset group and API (0..1): by demand, or its partition share.",
+            ["dataset_group", "api"],
+            registry=r,
+        )
+        self.quota_peers = Gauge(
+            "ingestor_quota_peers",
+            "Replicas (this one included) whose quota heartbeats are live; 0 while this one cannot see the topic.",
+            registry=r,
+        )
+        self.quota_heartbeat_errors = Counter(
+            "ingestor_quota_heartbeat_errors_total",
+            "Quota heartbeats that could not be published or read, by operation (publish, read).",
+            ["operation"],
+            registry=r,
+        )
         self.fatal_errors = Counter(
             "ingestor_fatal_errors_total",
             "Fatal route errors (unknown dataset, access denied, bad credentials).",

@@ -89,6 +89,8 @@ class KafkaSource:
         self.last_fetch_ok: float | None = None
         self.broker_ok_at: float | None = None
         self.broker_health = broker_health if broker_health is not None else BrokerHealth(metrics, clock=clock)
+        # Quota sharing by demand (quota_share.py) takes the partition counts instead of a fixed partition share.
+        self.quota_listener: Callable[[dict[tuple[str, str], tuple[int, int]]], None] | None = None
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -267,22 +269,47 @@ class KafkaSource:
         self.metrics.paused_partitions.set(len(self._paused))
         for hook in self.on_assigned_hooks:
             hook(assigned)
-        shares = []
-        for (group, api), limiter in self.pipeline.limiters.items():
-            share = self._partition_share(assigned, self.pipeline.limiter_topics[(group, api)])
-            limiter.set_share(share)
-            self.metrics.rate_limit.labels(group, api).set(limiter.rate)
-            shares.append(f"{group}/{api}={share:.2f}")
-        log.info("partitions assigned: %s; quota shares: %s", sorted(map(str, assigned)), ", ".join(shares))
+        counts = {key: self._partition_counts(assigned, topics) for key, topics in self.pipeline.limiter_topics.items()}
+        if self.quota_listener is not None:
+            self.quota_listener(counts)
+        else:
+            for (group, api), (mine, total) in counts.items():
+                limiter = self.pipeline.limiters[(group, api)]
+                share = 1.0 if total == 0 else max(mine, 1) / total
+                limiter.set_share(share)
+                self.metrics.quota_share.labels(group, api).set(share)
+                self.metrics.rate_limit.labels(group, api).set(limiter.rate)
+        shares = ", ".join(f"{g}/{a}={mine}/{total}" for (g, a), (mine, total) in counts.items())
+        log.info("partitions assigned: %s; partitions per quota: %s", sorted(map(str, assigned)), shares)
 
-    def _partition_share(self, assigned: set[TopicPartition], topics: list[str]) -> float:
-        """This member's share of the partitions feeding one quota: its share of that shared quota."""
+    def _partition_counts(self, assigned: set[TopicPartition], topics: list[str]) -> tuple[int, int]:
+        """This member's partitions feeding one quota, and all of them: its partition share is mine / total."""
         total = mine = 0
         for topic in topics:
             parts = self.consumer.partitions_for_topic(topic)
             total += len(parts) if parts else 0
             mine += sum(1 for tp in assigned if tp.topic == topic)
-        return 1.0 if total == 0 else max(mine, 1) / total
+        return mine, total
+
+    def backlog(self, topics: list[str]) -> int | None:
+        """Records of these topics waiting on this member: fetched and not done, or not fetched yet (lag).
+        None while a partition's backlog is not known yet (assigned, no fetch answered since)."""
+        waiting = 0
+        for tp in self.assignment():
+            if tp.topic not in topics:
+                continue
+            try:
+                high = self.consumer.highwater(_theirs(tp))
+            except (AssertionError, IllegalStateError):
+                high = None
+            if high is None:
+                return None
+            position = self.pipeline.tracker.position(tp)
+            if position is None:
+                position = self.pipeline.tracker.last_committed(tp)
+            lag = high - position if position is not None else 0
+            waiting += max(self.pipeline.tracker.pending(tp), lag)
+        return waiting
 
     async def stop(self) -> None:
         try:

@@ -138,6 +138,11 @@ class FakeConsumer:
     prefetch: int = 500
     positions: dict[Any, int] = field(default_factory=dict)
     prefetched: dict[Any, list[FakeRecord]] = field(default_factory=dict)
+    highwaters: dict[Any, int] = field(default_factory=dict)
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.highwaters.get(tp)
+
     polls: int = 0
 
     def assignment(self) -> set[Any]:

@@ -181,3 +181,14 @@ async def test_a_commit_that_hangs_is_bounded_by_its_timeout() -> None:
     consumer.commit = hang  # type: ignore[method-assign]
     assert await source.commit() == {}
     assert source.metrics.commits.labels("failed")._value.get() == 1
+
+
+async def test_backlog_counts_what_waits_and_is_unknown_before_the_first_fetch() -> None:
+    source, consumer, pipeline = make()
+    assert source.backlog([TOPIC]) is None  # assigned, nothing fetched yet
+    consumer.highwaters = {KafkaTP(TOPIC, p): 0 for p in range(4)}
+    assert source.backlog([TOPIC]) == 0
+    fill(pipeline, 0, 10)
+    consumer.highwaters[KafkaTP(TOPIC, 0)] = 100  # 10 fetched and pending, 90 more not fetched yet
+    assert source.backlog([TOPIC]) == 100
+    assert source.backlog(["another.topic"]) == 0
