@@ -88,6 +88,14 @@ def test_a_kafka_connect_wrapper_is_removed_and_a_tombstone_is_a_delete() -> Non
     assert decode_event(rec(None)).op is Op.DELETE
 
 
+def test_a_payload_only_wrapper_is_removed_as_for_items_and_users() -> None:
+    # The codec removes {"payload": ...} (schema stripped) for every format: interactions must read it the same way.
+    assert build({"payload": FLAT}).request["itemId"] == "i1"
+    assert decode_event(rec({"payload": None})).op is Op.DELETE
+    with pytest.raises(DecodeError, match="only key is 'payload'"):
+        decode_event(rec({"payload": [1]}))
+
+
 def test_the_user_id_comes_from_the_key_when_the_value_has_none() -> None:
     row = {k: v for k, v in FLAT.items() if k != "USER_ID"}
     assert build(row, key=b'{"user_id": "u9"}').record_id == "u9"
