@@ -42,10 +42,8 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_FATAL = 0, 1, 2, 3
 BROKER_PROBE_S = 10.0  # how often the broker is asked for metadata (readiness)
 BROKER_STALE_S = 30.0  # /readyz fails when the broker has not answered for this long
-COMMIT_STALL_S = 300.0
-PROGRESS_LOG_S = (
-    60  # one progress line a minute  # /healthz fails when records are pending and no commit advanced for this long
-)
+COMMIT_STALL_S = 300.0  # /healthz fails when records are pending and no commit advanced for this long
+PROGRESS_LOG_S = 60  # one progress line a minute
 
 
 def personalize_session(settings: Settings) -> Any:
