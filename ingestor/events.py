@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from ingestor.batcher import Pending
-from ingestor.codec import _SPELLINGS, _key_id, decode, is_wrapper
+from ingestor.codec import _SPELLINGS, _from_object, _key_id, decode, is_wrapper
 from ingestor.errors import ConfigError, DecodeError, SchemaError
 from ingestor.model import Change, Op, SourceRecord
 from ingestor.schema import (
@@ -126,7 +126,7 @@ def decode_event(record: SourceRecord, fmt: str = "auto") -> Change:
             return decode(record, _INTERACTIONS, "flat")
         obj = payload
     if fmt == "auto" and "op" in obj and ("after" in obj or "before" in obj):
-        return decode(record, _INTERACTIONS, "debezium")
+        return _from_object(record, _SPELLINGS[_INTERACTIONS], obj, "debezium")  # parsed already: not again
     return Change(Op.UPSERT, *_event_row(record, obj))
 
 
