@@ -217,13 +217,6 @@ class KafkaSource:
         self.broker_health.answered()
         return True
 
-    async def commit_loop(self) -> None:
-        interval = self.settings.kafka.commit_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            await self.commit()
-            self.update_lag()
-
     # ------------------------------------------------------------------ rebalance
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
