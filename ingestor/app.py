@@ -49,10 +49,8 @@ SCHEMA_FETCH_TIMEOUT_S = 30.0  # start-up: the datasets' schemas from the contro
 CHECK_TIMEOUT_S = 10.0  # --check-config: the same, for a quick answer
 BROKER_PROBE_S = 10.0  # how often the broker is asked for metadata (readiness)
 BROKER_STALE_S = 30.0  # /readyz fails when the broker has not answered for this long
-COMMIT_STALL_S = 300.0
-PROGRESS_LOG_S = (
-    60  # one progress line a minute  # /healthz fails when records are pending and no commit advanced for this long
-)
+COMMIT_STALL_S = 300.0  # /healthz fails when records are pending and no commit advanced for this long
+PROGRESS_LOG_S = 60  # one progress line a minute
 
 
 def personalize_session(settings: Settings) -> Any:

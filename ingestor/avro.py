@@ -8,7 +8,8 @@ Registry by id, bounded LRU); ``avro_schema`` compiles them (shape, id column, l
   ``d`` deletes the id of the ``before`` row (or of the key). Any other record is a plain row. A row's fields must
   be scalars, as for JSON; the schema stage validates them against the dataset schema.
 * The key supplies the id only when the row has none: an Avro key (magic byte 0: a record with the id column, or a
-  single field, or a string/integer) or text/JSON, read exactly as for JSON records.
+  single field, or a string/integer) or text/JSON, read exactly as for JSON records. A tombstone (no value) is a
+  delete of its key's id, the key read the same way (under ``auto``, as Avro only when a registry is configured).
 
 A record whose writer schema is not cached yet raises :class:`~ingestor.schema_cache.SchemaPending` (not a record
 error: the pipeline holds it, in order, until the fetch ends). An id the registry does not know, a schema that is not
@@ -42,9 +43,13 @@ class AvroDecoder:
 
     def decode(self, record: SourceRecord, kind: DatasetKind, fmt: str = "auto") -> Change:
         value = record.value
+        if value is None:  # a tombstone: a delete of the key's id
+            key = record.key
+            avro_key = key is not None and len(key) >= HEADER_BYTES and key[0] == MAGIC
+            if avro_key and (fmt == "avro" or (fmt == "auto" and self.schemas.source is not None)):
+                return Change(Op.DELETE, self._key_id(record, kind), {})  # e.g. Debezium's tombstone after a delete
+            return codec.decode(record, kind, fmt)  # type: ignore[arg-type]
         if fmt == "avro":
-            if value is None:
-                return codec.decode(record, kind)  # a tombstone: a delete of the key's id
             return self._decode_avro(record, kind, value)
         if fmt == "auto" and value and value[0] == MAGIC:
             return self._decode_avro(record, kind, value)

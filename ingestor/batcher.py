@@ -67,10 +67,6 @@ class DatasetBuffer:
 
     # ----------------------------------------------------------------- dispatch
 
-    @property
-    def ready_count(self) -> int:
-        return len(self._ready)
-
     def due_in(self, now: float) -> float | None:
         """Seconds until a call should be sent (0 = now); None when nothing is ready."""
         if not self._ready:

@@ -126,7 +126,7 @@ def decode(record: SourceRecord, kind: DatasetKind, fmt: Format = "auto") -> Cha
 
 def _from_object(record: SourceRecord, spell: _IdSpellings, obj: dict[str, Any], fmt: Format) -> Change:
     """The change a parsed value (an object) describes: remove a wrapper, then read the shape."""
-    if "payload" in obj and (len(obj) == 1 or (len(obj) == 2 and "schema" in obj)):
+    if is_wrapper(obj):
         payload = obj["payload"]
         if payload is None:
             return Change(Op.DELETE, _key_id(record, spell)[0], {})
@@ -150,6 +150,11 @@ def _from_object(record: SourceRecord, spell: _IdSpellings, obj: dict[str, Any],
     if shape == "api":
         return _api(record, spell, obj)
     raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
+
+
+def is_wrapper(obj: dict[str, Any]) -> bool:
+    """A Kafka Connect wrapper: exactly ``schema`` and ``payload``, or exactly ``payload`` (keys and values alike)."""
+    return "payload" in obj and (len(obj) == 1 or (len(obj) == 2 and "schema" in obj))
 
 
 def _bad_payload(wrapper: dict[str, Any], payload: Any) -> str:
@@ -305,7 +310,7 @@ def _key_json_id(
         return None, "the key is a JSON list"
     if t is not dict:
         return text, ""  # a float written as text: the text is the id
-    if unwrap and "payload" in parsed and (len(parsed) == 1 or (len(parsed) == 2 and "schema" in parsed)):
+    if unwrap and is_wrapper(parsed):
         payload = parsed["payload"]
         if type(payload) not in _KEY_PAYLOAD_TYPES:
             return None, f"the key's payload is {_json_type(payload)}"

@@ -66,10 +66,6 @@ class EventBuffer:
 
     # ----------------------------------------------------------------- dispatch
 
-    @property
-    def ready_count(self) -> int:
-        return len(self._ready)
-
     def due_in(self, now: float) -> float | None:
         """Seconds until a call should be sent (0 = now); None when nothing is ready."""
         if not self._ready:
@@ -155,7 +151,3 @@ class EventBuffer:
                 self._ready.pop(key, None)
         self.buffered -= dropped
         return dropped
-
-    def events_of(self, user_id: str, session_id: str) -> list[PendingEvent]:
-        state = self._sessions.get((user_id, session_id))
-        return [] if state is None else list(state.events)

@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from ingestor.batcher import Pending
-from ingestor.codec import _SPELLINGS, _key_id, decode
+from ingestor.codec import _SPELLINGS, _from_object, _key_id, decode, is_wrapper
 from ingestor.errors import ConfigError, DecodeError, SchemaError
 from ingestor.model import Change, Op, SourceRecord
 from ingestor.schema import (
@@ -120,13 +120,13 @@ def decode_event(record: SourceRecord, fmt: str = "auto") -> Change:
         return decode(record, _INTERACTIONS, "flat")  # not JSON: the codec says why (or decodes another encoding)
     if type(obj) is not dict:
         return decode(record, _INTERACTIONS, "flat")  # the codec's message for a value that is not an object
-    if len(obj) == 2 and "payload" in obj and "schema" in obj:
+    if is_wrapper(obj):  # the same wrappers as items and users records
         payload = obj["payload"]
         if type(payload) is not dict:  # null: a tombstone; anything else: the codec's message
             return decode(record, _INTERACTIONS, "flat")
         obj = payload
     if fmt == "auto" and "op" in obj and ("after" in obj or "before" in obj):
-        return decode(record, _INTERACTIONS, "debezium")
+        return _from_object(record, _SPELLINGS[_INTERACTIONS], obj, "debezium")  # parsed already: not again
     return Change(Op.UPSERT, *_event_row(record, obj))
 
 

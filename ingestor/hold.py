@@ -2,13 +2,14 @@
 
 A partition with a held record holds every later record too (even JSON or cached-schema ones): records of one id
 keep their order, and nothing of the partition is committed past the first held record (held records are tracked,
-not done, so they count in the buffered total that backpressure watches). Other partitions flow on.
+not done, so they count in the buffered total that backpressure watches). The source pauses a partition while it
+holds records, so it cannot fill the bound alone; other partitions flow on.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, KeysView
 
 from ingestor.model import SourceRecord, TopicPartition
 
@@ -20,6 +21,11 @@ class HeldRecords:
 
     def holds(self, tp: TopicPartition) -> bool:
         return tp in self._queues
+
+    @property
+    def partitions(self) -> KeysView[TopicPartition]:
+        """The partitions with held records (backpressure pauses them: what they fetch would only be held too)."""
+        return self._queues.keys()
 
     def hold(self, record: SourceRecord, epoch: int) -> None:
         queue = self._queues.get(record.tp)

@@ -72,7 +72,11 @@ class Metrics:
         self.buffered = Gauge(
             "ingestor_buffered_records", "Records fetched and not yet done (buffered or in flight).", registry=r
         )
-        self.paused_partitions = Gauge("ingestor_paused_partitions", "Partitions paused by backpressure.", registry=r)
+        self.paused_partitions = Gauge(
+            "ingestor_paused_partitions",
+            "Partitions paused by backpressure (buffer at its bound, or records waiting for a writer schema).",
+            registry=r,
+        )
         self.committed_offset = Gauge(
             "ingestor_committed_offset", "Last committed offset per partition.", ["topic", "partition"], registry=r
         )

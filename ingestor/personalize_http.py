@@ -88,9 +88,17 @@ class DirectPersonalizeClient:
         async with self._session.post(url, data=body, headers=dict(request.headers.items())) as response:
             raw = await response.read()
             if response.status < 300:
-                parsed: dict[str, Any] = orjson.loads(raw) if raw else {}
-                return parsed
+                return _parsed_output(raw)
             raise ClientError(_error_response(response.status, response.headers, raw), operation)
+
+
+def _parsed_output(raw: bytes) -> dict[str, Any]:
+    """A 2xx answer's body: these operations have no output, and botocore ignores a body it cannot parse."""
+    try:
+        parsed = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def _unix_time(value: Any) -> Any:

@@ -167,6 +167,10 @@ class WriterSchemas:
                     self.add(registered, references)
                 except ValueError as exc:
                     self._put(schema_id, _Failed(str(exc)))
+                except Exception as exc:  # a surprise (RecursionError on a deeply nested schema): its records
+                    # must still be answered (dead-lettered), or they and their partition would be held forever
+                    log.warning("compiling schema id %d failed", schema_id, exc_info=exc)
+                    self._put(schema_id, _Failed(f"schema id {schema_id} cannot be compiled: {type(exc).__name__}"))
                 break
         finally:
             self._fetching.pop(schema_id, None)

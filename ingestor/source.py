@@ -84,6 +84,7 @@ class KafkaSource:
         self.held: set[TopicPartition] = set()  # paused by the bulk catch-up until its import job finishes
         self.on_assigned_hooks: list[Callable[[set[TopicPartition]], None]] = []
         self.on_revoked_hooks: list[Callable[[set[TopicPartition]], Awaitable[None]]] = []
+        self._full = False  # paused at the bound, until buffered falls below RESUME_BELOW of it
         self._stopping = False
         self.joined = False
         self.last_fetch_ok: float | None = None
@@ -152,25 +153,35 @@ class KafkaSource:
         At the bound every assigned partition is paused (pausing only the busiest let the others go on fetching,
         and their prefetched batches arrived on top), and aiokafka drops the paused partitions' prefetched data.
         Below ``RESUME_BELOW`` of the bound all are resumed together; the caller caps each fetch to the room left,
-        so resuming every partition at once cannot overshoot either.
+        so resuming every partition at once cannot overshoot either. A partition with records waiting for their
+        writer schema stays paused until they are released: all it fetched would only be held behind them, and
+        held records count as buffered, so it alone would fill the bound and stop every partition.
         """
         limit = self.settings.batching.max_buffered_records
         total = self.pipeline.buffered
+        waiting = self.pipeline.held.partitions
         if total >= limit:
-            self._pause_all(self.assignment())
-        elif self._paused and total < limit * RESUME_BELOW:
-            resume = (self._paused & self.assignment()) - self.held  # held ones wait for their import job
-            if resume:
-                self.consumer.resume(*(_theirs(tp) for tp in resume))
-            self._paused.clear()
+            self._full = True
+            assigned = self.assignment()
+            self._pause_only(assigned, assigned)
+        elif self._full and total >= limit * RESUME_BELOW:
+            pass  # hysteresis: stay paused until below RESUME_BELOW
+        elif waiting or self._paused:
+            self._full = False
+            assigned = self.assignment()
+            self._pause_only(waiting & assigned, assigned)
         self.metrics.paused_partitions.set(len(self._paused))
         return limit - total
 
-    def _pause_all(self, assigned: set[TopicPartition]) -> None:
-        new = assigned - self._paused
+    def _pause_only(self, paused: set[TopicPartition], assigned: set[TopicPartition]) -> None:
+        """Make ``paused`` (a subset of ``assigned``) the set of paused partitions."""
+        new = paused - self._paused
         if new:
             self.consumer.pause(*(_theirs(tp) for tp in new))
-        self._paused = set(assigned)
+        resume = (self._paused - paused) & assigned - self.held  # held ones wait for their import job
+        if resume:
+            self.consumer.resume(*(_theirs(tp) for tp in resume))
+        self._paused = set(paused)
 
     # ------------------------------------------------------------------ commits
 
@@ -229,13 +240,6 @@ class KafkaSource:
         self.broker_health.answered()
         return True
 
-    async def commit_loop(self) -> None:
-        interval = self.settings.kafka.commit_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            await self.commit()
-            self.update_lag()
-
     # ------------------------------------------------------------------ rebalance
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -258,11 +262,12 @@ class KafkaSource:
         # After a rebalance every partition comes back unpaused: re-apply the pauses before any await, and pause
         # the new partitions too while the buffer is at its bound (records of partitions kept across the rebalance
         # may still be buffered). Partitions held by the bulk catch-up stay paused as well.
-        keep = self._paused & assigned
+        keep = self._paused & assigned if self._full else set()
         if self.pipeline.buffered >= self.settings.batching.max_buffered_records:
             keep = set(assigned)
+        self._full = bool(keep)
         self._paused = set()
-        self._pause_all(keep)
+        self._pause_only(keep | (self.pipeline.held.partitions & assigned), assigned)
         self.held &= assigned
         if self.held - self._paused:
             self.consumer.pause(*(_theirs(tp) for tp in self.held - self._paused))

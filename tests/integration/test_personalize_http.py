@@ -110,6 +110,25 @@ async def test_the_request_on_the_wire_carries_a_valid_sigv4_signature(unused_tc
     assert authorization.endswith(f"Signature={expected}")
 
 
+async def test_an_accepted_call_with_a_body_that_is_not_json_is_accepted(unused_tcp_port: int) -> None:
+    """botocore ignores a 2xx body it cannot parse (PutItems has no output); raising here crashed the service."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="<html>OK</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/items", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    direct = DirectPersonalizeClient(f"http://127.0.0.1:{unused_tcp_port}", "us-east-1", CREDS)
+    try:
+        assert await direct.put_items(datasetArn=ITEMS, items=[ITEM]) == {}
+    finally:
+        await direct.aclose()
+        await runner.cleanup()
+
+
 async def test_put_events_sends_what_the_sdk_sends(direct: DirectPersonalizeClient, emulator: Any) -> None:
     import datetime
 

@@ -170,6 +170,16 @@ def test_a_tombstone_under_format_avro_is_a_delete_of_the_key() -> None:
     assert (change.op, change.record_id) == (Op.DELETE, "i9")
 
 
+def test_a_tombstone_with_an_avro_key_is_a_delete_of_the_key_id() -> None:
+    # Debezium writes a tombstone after each delete, keyed like the delete: an Avro key record. Read as text, an
+    # integer id >= 64 is not valid UTF-8 (zigzag varint bytes >= 0x80): the tombstone was dead-lettered.
+    key_schema = {"type": "record", "name": "Key", "fields": [{"name": "ITEM_ID", "type": "long"}]}
+    d = decoder((8, key_schema))
+    key = wire(8, key_schema, {"ITEM_ID": 1000})
+    change = d.decode(rec(None, key), ITEMS, "avro")
+    assert (change.op, change.record_id) == (Op.DELETE, "1000")
+
+
 # ---------------------------------------------------------------------- bad records
 
 

@@ -83,9 +83,28 @@ def test_a_debezium_insert_is_an_event_and_a_delete_is_a_delete() -> None:
     assert change.op is Op.DELETE
 
 
+def test_a_detected_debezium_event_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingestor.codec
+
+    def second_parse(value: bytes | str) -> None:
+        raise AssertionError("the value was parsed a second time")
+
+    monkeypatch.setattr(ingestor.codec, "_loads", second_parse)
+    p = build({"op": "u", "before": None, "after": FLAT})
+    assert (p.record_id, p.request["itemId"]) == ("u1", "i1")
+
+
 def test_a_kafka_connect_wrapper_is_removed_and_a_tombstone_is_a_delete() -> None:
     assert build({"schema": {}, "payload": FLAT}).request["itemId"] == "i1"
     assert decode_event(rec(None)).op is Op.DELETE
+
+
+def test_a_payload_only_wrapper_is_removed_as_for_items_and_users() -> None:
+    # The codec removes {"payload": ...} (schema stripped) for every format: interactions must read it the same way.
+    assert build({"payload": FLAT}).request["itemId"] == "i1"
+    assert decode_event(rec({"payload": None})).op is Op.DELETE
+    with pytest.raises(DecodeError, match="only key is 'payload'"):
+        decode_event(rec({"payload": [1]}))
 
 
 def test_the_user_id_comes_from_the_key_when_the_value_has_none() -> None:

@@ -173,3 +173,25 @@ async def test_revocation_drops_held_records_uncommitted(harness) -> None:
     registry.down = False
     await wait_until(lambda: not pipeline.schemas._fetching, timeout=5, what="the fetch to finish")
     assert pipeline.buffered == 0 and producer.sent == []
+
+
+async def test_a_schema_that_fails_to_compile_unexpectedly_dead_letters_its_records_instead_of_holding_forever(
+    harness,
+) -> None:
+    pipeline, personalize, producer, registry = harness
+    real = registry.schema
+
+    async def schema(schema_id: int) -> RegisteredSchema:
+        if schema_id == 7:  # nested too deep for the JSON parser: RecursionError, not a ValueError
+            return RegisteredSchema(7, "[" * 100_000 + "]" * 100_000)
+        return await real(schema_id)
+
+    registry.schema = schema
+    bad = SourceRecord(TOPIC, 0, 0, b"x", b"\x00\x00\x00\x00\x07" + b"\x02x")
+    pipeline.ingest(bad)
+    pipeline.ingest(json_item("after", 1.0, 0, 1))
+    assert await pipeline.drain(5)
+    assert [r[2] for r in producer.sent] == [bad.value]
+    assert "schema id 7" in producer.headers_of(0)["ingestor.error.reason"]
+    assert set(prices(personalize)) == {"after"} and pipeline.held.count == 0
+    assert pipeline.failure is None

@@ -192,3 +192,69 @@ async def test_backlog_counts_what_waits_and_is_unknown_before_the_first_fetch()
     consumer.highwaters[KafkaTP(TOPIC, 0)] = 100  # 10 fetched and pending, 90 more not fetched yet
     assert source.backlog([TOPIC]) == 100
     assert source.backlog(["another.topic"]) == 0
+
+
+async def test_a_partition_waiting_for_the_schema_registry_is_paused_so_the_others_flow_on() -> None:
+    """Held records (waiting for a writer schema) count as buffered: a partition that keeps fetching into the hold
+    would fill the bound alone and pause every partition for as long as the registry is down."""
+    from fastavro import parse_schema
+
+    from ingestor.avro import encode
+    from ingestor.registry import RegisteredSchema
+
+    schema = {
+        "type": "record",
+        "name": "Value",
+        "fields": [
+            {"name": "ITEM_ID", "type": "string"},
+            {"name": "PRICE", "type": "double"},
+            {"name": "CREATION_TIMESTAMP", "type": "long"},
+        ],
+    }
+    answer = asyncio.Event()
+
+    class SlowRegistry:
+        async def schema(self, schema_id: int) -> RegisteredSchema:
+            await answer.wait()
+            return RegisteredSchema(schema_id, json.dumps(schema))
+
+        async def version(self, subject: str, version: int | str) -> RegisteredSchema:
+            raise AssertionError("no references")
+
+    settings = Settings(
+        kafka={"dead_letter_topic": "dlq", "fetch_max_records": 30},
+        routes=[{"topic": TOPIC, "kind": "items", "dataset_arn": ARN, "schema": CONFIG / "schemas/items.avsc"}],
+        batching={"max_buffered_records": 100, "linger_ms": 0},
+        personalize={"rate_limits": {"PutItems": 10_000.0}},
+        schema_registry={"url": "http://registry:8081"},
+    )
+    metrics = Metrics()
+    personalize = FakePersonalize()
+    pipeline = Pipeline(
+        settings,
+        Sender(personalize, metrics, settings.personalize.retry),
+        FakeProducer(),
+        metrics,
+        registry=SlowRegistry(),
+    )
+    consumer = FakeConsumer(assigned={KafkaTP(TOPIC, 0), KafkaTP(TOPIC, 1)}, prefetch=40)
+    consumer.backlog = {KafkaTP(TOPIC, 0): 500, KafkaTP(TOPIC, 1): 500}
+    avro_first = encode(1, parse_schema(schema), {"ITEM_ID": "p0-0", "PRICE": 1.0, "CREATION_TIMESTAMP": 1})
+    consumer.value = lambda tp, offset: avro_first if (tp.partition, offset) == (0, 0) else value(tp, offset)
+    source = KafkaSource(settings, pipeline, metrics, consumer=consumer)  # type: ignore[arg-type]
+    p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    pipeline.start()
+    loop = asyncio.create_task(source.run())
+    try:
+        await wait_until(lambda: pipeline.tracker.to_commit().get(p1) == 500, timeout=10, what="partition 1 to flow")
+        assert pipeline.tracker.to_commit().get(p0) == 0 and 0 < pipeline.held.count < 100
+        assert consumer.paused == {KafkaTP(TOPIC, 0)}
+        answer.set()  # the registry answers: partition 0 is released and resumed
+        await wait_until(lambda: pipeline.tracker.to_commit().get(p0) == 500, timeout=10, what="partition 0")
+        assert consumer.paused == set() and pipeline.held.count == 0
+    finally:
+        source.stop_fetching()
+        await loop
+        await pipeline.stop()
+    state = personalize.state[ARN]
+    assert len(state) == 1000 and json.loads(state["p0-0"])["price"] == 1.0
