@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 _MIN_RATE = 0.1  # calls/s: never stop entirely
+_RECHECK_S = 0.1  # a wait longer than this is slept in steps, re-reading the rate in force
 _MIN_FACTOR = 0.01  # of the share's rate
 _MARGIN = 0.98  # a cut lands this much under the rate the window says the quota allows
 _FAST_STEP, _SLOW_STEP = 0.1, 0.01  # increase per clean window: of the rate, of the ceiling near it
@@ -119,10 +120,11 @@ class RateLimiter:
     async def acquire(self) -> None:
         """Wait for this caller's turn: ``1 / rate`` after the previous call's slot, at the rate in force now (a cut
         decided while waiting lengthens the wait at once). A wake-up a little late (a busy event loop) does not
-        shift the schedule, so the rate holds; one late by half an interval or more (idle) starts it afresh."""
+        shift the schedule, so the rate holds; one late by half an interval or more (idle) starts it afresh. Long
+        waits are slept in steps of at most ``_RECHECK_S``, so a raised share (demand sharing) shortens them too."""
         async with self._lock:
             while (wait := self._slot + 1.0 / self.rate - self._clock()) > 0:
-                await self._sleep(wait)
+                await self._sleep(min(wait, _RECHECK_S))
             now, due = self._clock(), self._slot + 1.0 / self.rate
             self._slot = due if now - due < 0.5 / self.rate else now
             self._paced()

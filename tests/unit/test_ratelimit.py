@@ -296,3 +296,20 @@ async def test_waiters_go_out_in_arrival_order() -> None:
 
     await asyncio.gather(*(call(i) for i in range(5)))
     assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_share_raised_during_a_long_wait_shortens_it() -> None:
+    """Demand sharing raises an idle replica's share when its backlog arrives: a caller already waiting out the
+    idle pacing interval (here 4 s) must go at the new rate, not at the one in force when it started waiting."""
+    t = FakeTime()
+
+    async def sleep(seconds: float) -> None:
+        t.now += seconds
+        if t.now >= 0.3:
+            limiter.set_share(1.0)  # 10 calls/s from 0.3 s on
+
+    limiter = RateLimiter(10.0, clock=t.clock, sleep=sleep)
+    limiter.set_share(0.025)  # 0.25 calls/s: one call every 4 s
+    await limiter.acquire()
+    await limiter.acquire()
+    assert t.now == pytest.approx(0.3, abs=0.11)  # not 4 s
