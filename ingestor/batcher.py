@@ -65,6 +65,11 @@ class DatasetBuffer:
             self._ready[pending.record_id] = now
         return superseded
 
+    @property
+    def distinct_ids(self) -> int:
+        """Ids with a version buffered (waiting or in flight)."""
+        return len(self._ids)
+
     # ----------------------------------------------------------------- dispatch
 
     def due_in(self, now: float) -> float | None:

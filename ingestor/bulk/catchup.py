@@ -2,8 +2,10 @@
 
 With ``bulk.catch_up_after_s: N`` (> 0), every ``CHECK_INTERVAL_S`` this member estimates, per dataset, how long its
 backlog would take through PutItems/PutUsers: the lag of its own partitions of the dataset (fetch high watermark −
-the next offset to commit) over the records/s its share of the quota allows (calls/s × records per call). Superseded
-ids are not discounted (the estimate errs towards importing). Above N seconds it switches that dataset:
+the next offset to commit), discounted by the share of distinct ids among the dataset's buffered records (updates of
+one id supersede each other: only the newest needs a call), over the records/s its share of the quota allows (calls/s
+× records per call). The buffer sees hot ids, not repeats further apart than it holds: the estimate errs towards
+importing. Above N seconds it switches that dataset:
 
 1. stop fetching the dataset's partitions and stop dispatching the dataset (its in-flight calls finish);
 2. fix the cut: the fetch high watermark of each of those partitions; the range starts at the committed offset;
@@ -35,6 +37,7 @@ from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ingestor.batcher import DatasetBuffer
 from ingestor.bulk.importer import (
     DatasetRange,
     Importer,
@@ -89,10 +92,24 @@ class BulkMetrics:
 class Backlog:
     records: int
     records_per_s: float
+    distinct_share: float = 1.0  # of the records, the share that will need a call: the others are superseded
 
     @property
     def seconds(self) -> float:
-        return self.records / self.records_per_s if self.records_per_s > 0 else float("inf")
+        to_send = self.records * self.distinct_share
+        return to_send / self.records_per_s if self.records_per_s > 0 else float("inf")
+
+
+MIN_SAMPLE = 500  # buffered records needed before the buffer's share of distinct ids is trusted
+
+
+def superseded_discount(buffer: object) -> float:
+    """The share of distinct ids among the dataset's buffered records: how much of a backlog will still need a call
+    once newer records of the same ids supersede older ones. The buffer is a sample of the backlog's head, so this
+    sees hot ids but not repeats further apart than the buffer: the estimate still errs towards importing."""
+    if not isinstance(buffer, DatasetBuffer) or buffer.buffered < MIN_SAMPLE:
+        return 1.0
+    return max(0.01, buffer.distinct_ids / buffer.buffered)
 
 
 def describe_duration(seconds: float) -> str:
@@ -242,7 +259,7 @@ class CatchUp:
                 records += max(0, high - position)
         ds = self._datasets[arn]
         rate = ds.limiter.rate * self.settings.batching.max_records
-        return Backlog(records, rate)
+        return Backlog(records, rate, superseded_discount(ds.buffer))
 
     # ------------------------------------------------------------------ the switch
 
@@ -267,11 +284,12 @@ class CatchUp:
             self.pipeline.forget(tps)
             base = job_base_name(arn, start)
             earlier = await self.jobs.list_import_jobs(arn)
-            in_range = Backlog(sum(cut[tp] - start[tp] for tp in cut), backlog.records_per_s)
+            in_range = Backlog(sum(cut[tp] - start[tp] for tp in cut), backlog.records_per_s, backlog.distinct_share)
             log.info(
-                "%s: backlog ≈ %s records ≈ %s at %.0f records/s > %.0f s: importing offsets %s..%s as job %s",
+                "%s: backlog ≈ %s records%s ≈ %s at %.0f records/s > %.0f s: importing offsets %s..%s as job %s",
                 arn,
                 describe_count(in_range.records),
+                f" ({in_range.distinct_share:.0%} distinct ids)" if in_range.distinct_share < 1 else "",
                 describe_duration(in_range.seconds),
                 in_range.records_per_s,
                 self.settings.bulk.catch_up_after_s,

@@ -42,7 +42,8 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
         for tp, off in last.items():
             ends[tp] = max(ends.get(tp, 0), off + 1)
 
-    await send(4000, seed=21)  # ≈ 2,600 item and 1,400 user changes: minutes at 100 records/s each
+    # ≈ 2,600 item and 1,400 user changes over 400 + 150 ids: seconds of calls, more than the 1 s allowed
+    await send(4000, seed=21)
     emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 3.0})
     settings = service_settings(
         broker.bootstrap_servers,
@@ -52,7 +53,7 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
             "s3_uri": f"s3://{s3_bucket}/catch-up/",
             "s3_endpoint_url": s3_server.url,
             "role_arn": ROLE,
-            "catch_up_after_s": 5,
+            "catch_up_after_s": 1,
             "poll_interval_s": 0.2,
         },
     )
@@ -119,7 +120,7 @@ async def test_two_replicas_catch_up_on_one_dataset(
             "s3_uri": f"s3://{s3_bucket}/two/",
             "s3_endpoint_url": s3_server.url,
             "role_arn": ROLE,
-            "catch_up_after_s": 5,
+            "catch_up_after_s": 1,
             "poll_interval_s": 0.2,
         },
     )

@@ -135,3 +135,20 @@ def test_bulk_keys_from_the_environment_and_catch_up_needs_staging(monkeypatch: 
     monkeypatch.delenv("INGESTOR_BULK__ROLE_ARN")
     with pytest.raises(ConfigError, match=r"bulk: catch_up_after_s > 0 needs role_arn.*INGESTOR_BULK"):
         Settings.load(None, routes=[route])
+
+
+def test_the_backlog_estimate_discounts_ids_superseded_in_the_buffer() -> None:
+    from ingestor.batcher import DatasetBuffer, Pending
+    from ingestor.bulk.catchup import MIN_SAMPLE, Backlog, superseded_discount
+    from ingestor.model import SourceRecord
+
+    buffer = DatasetBuffer()
+    assert superseded_discount(buffer) == 1.0  # nothing to judge from
+    for offset in range(MIN_SAMPLE * 2):  # every id updated four times
+        rec = SourceRecord("t", 0, offset, None, b"{}")
+        buffer.add(Pending(rec, f"i{offset % (MIN_SAMPLE // 2)}", {"itemId": "x"}), 0.0)
+    assert buffer.distinct_ids == MIN_SAMPLE // 2
+    share = superseded_discount(buffer)
+    assert share == pytest.approx(0.25)
+    assert Backlog(4000, 100.0, share).seconds == pytest.approx(10.0)  # 1,000 calls' worth of records, not 4,000
+    assert Backlog(4000, 100.0).seconds == pytest.approx(40.0)
