@@ -35,14 +35,15 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
     ends: dict[TopicPartition, int] = {}
 
     async def send(count: int, seed: int) -> None:
-        events = list(generate(count, StreamSpec(items=400, users=150, bad_share=0.02, seed=seed)))
+        events = list(generate(count, StreamSpec(items=2000, users=800, bad_share=0.02, seed=seed)))
         for e in events:
             expect.add(e)
         last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
         for tp, off in last.items():
             ends[tp] = max(ends.get(tp, 0), off + 1)
 
-    # ≈ 2,600 item and 1,400 user changes over 400 + 150 ids: seconds of calls, more than the 1 s allowed
+    # ≈ 2,600 item and 1,400 user changes over 2,000 + 800 ids: ≈ 15 s of calls per dataset, more than the 5 s allowed;
+    # the 600 newer ones below stay under it (no second switch)
     await send(4000, seed=21)
     emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 3.0})
     settings = service_settings(
@@ -53,7 +54,7 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
             "s3_uri": f"s3://{s3_bucket}/catch-up/",
             "s3_endpoint_url": s3_server.url,
             "role_arn": ROLE,
-            "catch_up_after_s": 1,
+            "catch_up_after_s": 5,
             "poll_interval_s": 0.2,
         },
     )
