@@ -27,6 +27,7 @@ from ingestor.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 RESUME_BELOW = 0.75  # resume paused partitions once buffered records fall below this share of the limit
+MIN_FAIR_SHARE = 50  # records a partition may always buffer, however many partitions share the bound
 
 
 def _ours(tp: KafkaTP) -> TopicPartition:
@@ -85,6 +86,8 @@ class KafkaSource:
         self.on_assigned_hooks: list[Callable[[set[TopicPartition]], None]] = []
         self.on_revoked_hooks: list[Callable[[set[TopicPartition]], Awaitable[None]]] = []
         self._full = False  # paused at the bound, until buffered falls below RESUME_BELOW of it
+        self._over: set[TopicPartition] = set()  # paused at their fair share of the bound
+        self._fair = settings.batching.max_buffered_records  # one partition's fair share of the bound
         self._stopping = False
         self.joined = False
         self.last_fetch_ok: float | None = None
@@ -110,7 +113,9 @@ class KafkaSource:
             # Never fetch more than the bound has room for: one getmany may otherwise hand over a whole
             # fetch_max_records (from several partitions' prefetched batches) on top of a nearly full buffer.
             # At no room every partition is paused, so this returns nothing but still counts as a poll.
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=max(1, min(max_records, room)))
+            # And no more than one partition's fair share: a getmany drains one partition's fetched batch first.
+            limit = max(1, min(max_records, room, self._fair))
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=limit)
             self.last_fetch_ok = self._clock()
             if self._stopping:
                 break  # fetched but not ingested: not tracked, so never committed; read again later
@@ -166,12 +171,29 @@ class KafkaSource:
             self._pause_only(assigned, assigned)
         elif self._full and total >= limit * RESUME_BELOW:
             pass  # hysteresis: stay paused until below RESUME_BELOW
-        elif waiting or self._paused:
+        else:
             self._full = False
             assigned = self.assignment()
-            self._pause_only(waiting & assigned, assigned)
+            over = self._over_fair_share(assigned, limit)
+            paused = (waiting & assigned) | over
+            if paused != self._paused:
+                self._pause_only(paused, assigned)
         self.metrics.paused_partitions.set(len(self._paused))
         return limit - total
+
+    def _over_fair_share(self, assigned: set[TopicPartition], limit: int) -> set[TopicPartition]:
+        """Partitions holding their fair share of the bound (``limit`` ÷ assigned partitions) or more: paused until
+        they fall below ``RESUME_BELOW`` of it. Without this the partitions that happen to fetch first fill the whole
+        bound and the others — other datasets, other dataset groups — get nothing until it drains (starvation)."""
+        fair = self._fair = max(MIN_FAIR_SHARE, limit // max(1, len(assigned)))
+        pending = self.pipeline.tracker.pending_by_partition()
+        over = {
+            tp
+            for tp, n in pending.items()
+            if tp in assigned and n >= (fair * RESUME_BELOW if tp in self._over else fair)
+        }
+        self._over = over
+        return over
 
     def _pause_only(self, paused: set[TopicPartition], assigned: set[TopicPartition]) -> None:
         """Make ``paused`` (a subset of ``assigned``) the set of paused partitions."""
@@ -266,6 +288,7 @@ class KafkaSource:
         if self.pipeline.buffered >= self.settings.batching.max_buffered_records:
             keep = set(assigned)
         self._full = bool(keep)
+        self._over &= assigned
         self._paused = set()
         self._pause_only(keep | (self.pipeline.held.partitions & assigned), assigned)
         self.held &= assigned

@@ -64,7 +64,7 @@ async def test_backpressure_pauses_every_partition_at_the_bound_then_resumes_bel
     fill(pipeline, 0, 60)
     fill(pipeline, 1, 30)
     assert source._backpressure() == 10  # room left under the bound
-    assert consumer.paused == set()
+    assert consumer.paused == {KafkaTP(TOPIC, 0)}  # 60 ≥ its fair share of the bound (max(50, 100 / 4))
     fill(pipeline, 2, 10)
     assert source._backpressure() == 0
     # at the bound nothing may be fetched, so every partition is paused, not only the busiest: an unpaused one
@@ -258,3 +258,26 @@ async def test_a_partition_waiting_for_the_schema_registry_is_paused_so_the_othe
         await pipeline.stop()
     state = personalize.state[ARN]
     assert len(state) == 1000 and json.loads(state["p0-0"])["price"] == 1.0
+
+
+async def test_partitions_that_fetch_first_do_not_take_the_whole_bound() -> None:
+    """8 partitions with a backlog, fetched batches of 100, a bound of 400: without a per-partition share the first
+    four partitions' batches fill the bound and the other four (other datasets, other dataset groups) get nothing
+    until it drains."""
+    personalize = FakePersonalize(gate=asyncio.Event())  # nothing is delivered: the buffer only fills
+    source, consumer, pipeline = make(max_buffered=400, fetch_max_records=100, personalize=personalize, rate=10_000.0)
+    consumer.assigned = {KafkaTP(TOPIC, p) for p in range(8)}
+    consumer.backlog = {tp: 1_000 for tp in consumer.assigned}
+    consumer.value = value
+    consumer.prefetch = 100
+    pipeline.start()
+    loop = asyncio.create_task(source.run())
+    try:
+        await wait_until(lambda: pipeline.buffered >= 400, timeout=10, what="the bound")
+        by_partition = pipeline.tracker.pending_by_partition()
+        assert sorted(by_partition.get(TopicPartition(TOPIC, p), 0) for p in range(8)) == [50] * 8
+    finally:
+        source.stop_fetching()
+        personalize.gate.set()  # type: ignore[union-attr]
+        await loop
+        await pipeline.stop()
