@@ -88,6 +88,7 @@ class KafkaSource:
         self._full = False  # paused at the bound, until buffered falls below RESUME_BELOW of it
         self._over: set[TopicPartition] = set()  # paused at their fair share of the bound
         self._fair = settings.batching.max_buffered_records  # one partition's fair share of the bound
+        self._readable: set[TopicPartition] = set()  # what the next getmany reads (empty: every partition)
         self._stopping = False
         self.joined = False
         self.last_fetch_ok: float | None = None
@@ -113,9 +114,11 @@ class KafkaSource:
             # Never fetch more than the bound has room for: one getmany may otherwise hand over a whole
             # fetch_max_records (from several partitions' prefetched batches) on top of a nearly full buffer.
             # At no room every partition is paused, so this returns nothing but still counts as a poll.
-            # And no more than one partition's fair share: a getmany drains one partition's fetched batch first.
+            # And no more than one partition's fair share: a getmany drains one partition's fetched batch first;
+            # partitions at their share are not read (their prefetched data waits in aiokafka, nothing is refetched).
             limit = max(1, min(max_records, room, self._fair))
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=limit)
+            readable = [_theirs(tp) for tp in self._readable]
+            batches = await self.consumer.getmany(*readable, timeout_ms=200, max_records=limit)
             self.last_fetch_ok = self._clock()
             if self._stopping:
                 break  # fetched but not ingested: not tracked, so never committed; read again later
@@ -169,22 +172,30 @@ class KafkaSource:
             self._full = True
             assigned = self.assignment()
             self._pause_only(assigned, assigned)
+            self._readable = set()
         elif self._full and total >= limit * RESUME_BELOW:
             pass  # hysteresis: stay paused until below RESUME_BELOW
         else:
             self._full = False
             assigned = self.assignment()
             over = self._over_fair_share(assigned, limit)
-            paused = (waiting & assigned) | over
-            if paused != self._paused:
-                self._pause_only(paused, assigned)
+            readable = assigned - over - waiting
+            if readable:
+                self._readable = readable
+                if self._paused != waiting & assigned:
+                    self._pause_only(waiting & assigned, assigned)
+            else:  # every partition at its share (or waiting): nothing to read, so stop fetching altogether
+                self._readable = set()
+                self._pause_only(assigned, assigned)
         self.metrics.paused_partitions.set(len(self._paused))
         return limit - total
 
     def _over_fair_share(self, assigned: set[TopicPartition], limit: int) -> set[TopicPartition]:
-        """Partitions holding their fair share of the bound (``limit`` ÷ assigned partitions) or more: paused until
-        they fall below ``RESUME_BELOW`` of it. Without this the partitions that happen to fetch first fill the whole
-        bound and the others — other datasets, other dataset groups — get nothing until it drains (starvation)."""
+        """Partitions holding their fair share of the bound (``limit`` ÷ assigned partitions) or more: not read
+        until they fall below ``RESUME_BELOW`` of it. Without this the partitions that happen to fetch first fill the
+        whole bound and the others — other datasets, other dataset groups — get nothing until it drains (starvation).
+        They are left out of ``getmany`` rather than paused: a pause drops aiokafka's prefetched data, and refetching
+        it on every resume cost more CPU than the records themselves."""
         fair = self._fair = max(MIN_FAIR_SHARE, limit // max(1, len(assigned)))
         pending = self.pipeline.tracker.pending_by_partition()
         over = {

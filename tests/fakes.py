@@ -165,8 +165,13 @@ class FakeConsumer:
     def partitions_for_topic(self, topic: str) -> set[int]:
         return set(range(self.partitions))
 
-    async def getmany(self, *, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[FakeRecord]]:
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[Any, list[FakeRecord]]:
+        """Like aiokafka's: only ``partitions`` (all when none are given) hand over records; the others keep what
+        they prefetched."""
         assert max_records is None or max_records >= 1, "aiokafka rejects max_records < 1"
+        wanted = set(partitions) or set(self.assigned)
         self.polls += 1
         await asyncio.sleep(0)
         for tp in sorted(self.assigned - self.paused, key=str):  # the background prefetch
@@ -183,7 +188,7 @@ class FakeConsumer:
             if tp in self.paused or tp not in self.assigned:
                 del self.prefetched[tp]  # dropped; fetched again from the position after resume
                 continue
-            if room <= 0:
+            if room <= 0 or tp not in wanted:
                 continue
             batch = self.prefetched[tp]
             take, rest = batch[: int(min(room, len(batch)))], batch[int(min(room, len(batch))) :]

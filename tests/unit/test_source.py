@@ -64,7 +64,8 @@ async def test_backpressure_pauses_every_partition_at_the_bound_then_resumes_bel
     fill(pipeline, 0, 60)
     fill(pipeline, 1, 30)
     assert source._backpressure() == 10  # room left under the bound
-    assert consumer.paused == {KafkaTP(TOPIC, 0)}  # 60 ≥ its fair share of the bound (max(50, 100 / 4))
+    assert consumer.paused == set()
+    assert source._readable == {TopicPartition(TOPIC, p) for p in (1, 2, 3)}  # 60 ≥ its share: not read (kept)
     fill(pipeline, 2, 10)
     assert source._backpressure() == 0
     # at the bound nothing may be fetched, so every partition is paused, not only the busiest: an unpaused one
