@@ -157,3 +157,16 @@ async def test_put_events_sends_what_the_sdk_sends(direct: DirectPersonalizeClie
         k: v for k, v in direct_event.items() if k not in own
     }
     assert direct_event["sentAt"] == sent_at.timestamp()
+
+
+def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingestor.personalize_http import _env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxy, _ = _env_proxy("https://personalize-events.us-east-1.amazonaws.com")
+    assert str(proxy) == "http://proxy.internal:3128"
+    monkeypatch.setenv("NO_PROXY", "amazonaws.com")
+    assert _env_proxy("https://personalize-events.us-east-1.amazonaws.com") == (None, None)
+    assert _env_proxy("http://127.0.0.1:8099") == (None, None)  # no HTTP_PROXY for plain http
