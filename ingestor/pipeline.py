@@ -213,7 +213,7 @@ class Pipeline:
             if ds.deletions is not None and result.record_id is not None:
                 ds.deletions.delete(rec, result.record_id, epoch)  # done once its deletion job is created
                 return True
-            # Deletions have no API here yet: counted, logged at debug, done at once (never holds a commit).
+            # on_delete: skip (or no id): counted, logged at debug, done at once (never holds a commit).
             self.metrics.records_skipped.labels("delete").inc()
             log.debug("skipping delete/tombstone %s (id %s)", rec.where, result.record_id)
             self.tracker.done(rec.tp, rec.offset, epoch)
