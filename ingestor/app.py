@@ -132,6 +132,7 @@ class Service:
         self._control = contextlib.AsyncExitStack()  # the control plane (schemas, deletion jobs): closed last
         self.schemas: dict[str, ResolvedSchema] = {}
         self.schema_watch: SchemaWatch | None = None
+        self._compared: dict[str, ResolvedSchema] | None = None  # schema files vs datasets, once compared at start
         self.deletions: list[Any] = []  # ingestor.deletions.DeletionPath per users dataset with on_delete: delete
         self._background: set[asyncio.Task[None]] = set()
 
@@ -254,6 +255,7 @@ class Service:
         async def compare() -> None:
             compared = await resolve_schemas(s, control, timeout_s=SCHEMA_FETCH_TIMEOUT_S)
             report(compared, s)
+            self._compared = compared  # the watch may not exist yet: it picks this up when it is built
             if self.schema_watch is not None:
                 self.schema_watch.started(compared)
 
@@ -294,6 +296,8 @@ class Service:
         )
         pipeline.on_failure = self.stop_requested.set
         self.schema_watch = SchemaWatch(control, self.schemas, s)
+        if self._compared is not None:  # the comparison at start finished before the pipeline was built
+            self.schema_watch.started(self._compared)
         pipeline.on_rejected = self.schema_watch.rejected
         source = self.source = KafkaSource(s, pipeline, self.metrics, broker_health=self.broker_health)
         try:

@@ -90,10 +90,19 @@ async def test_no_schema_file_and_no_control_plane_fails_start_up_naming_the_rou
     assert any("routes[0].schema" in m and "control_endpoint_url" in m for m in messages)
 
 
+@pytest.mark.parametrize("order", ["as_it_comes", "comparison_first"])
 async def test_a_drifted_schema_file_is_reported_at_start_and_on_a_burst_of_rejections(
-    broker, emulator, unique, tmp_path: Path, caplog, monkeypatch
+    broker, emulator, unique, tmp_path: Path, caplog, monkeypatch, order: str
 ) -> None:
     monkeypatch.setattr(schema_source, "BURST", 3)
+    if order == "comparison_first":  # the comparison at start ends before the pipeline (and its schema watch) exists
+        serve = Service._serve_with_control
+
+        async def serve_after_comparison(self: Service, *args: object) -> int:
+            await wait_until(lambda: self._compared is not None, timeout=30, what="the comparison at start")
+            return await serve(self, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Service, "_serve_with_control", serve_after_comparison)
     avro = json.loads((CONFIG / "schemas/items.avsc").read_text())
     avro["fields"].append({"name": "COLOR", "type": ["null", "string"], "categorical": True})
     for f in avro["fields"]:
