@@ -1,9 +1,11 @@
 """``ingestor run``: builds the service from its settings, starts and stops it in order, maps outcomes to exit codes.
 
 Start: health server → Personalize client → DLQ producer → pipeline dispatchers → consumer (joins the group).
-Stop (SIGTERM/SIGINT, a fatal route, or a bug): stop fetching → drain buffered and in-flight work within
-``shutdown.drain_budget_s`` → flush the DLQ producer → final commit → leave the group → close clients.
-Exit codes: 0 after a signal, 3 after a fatal route error, 1 after an unexpected failure, 2 for bad configuration.
+Stop (SIGTERM/SIGINT, a fatal route with ``personalize.on_fatal: stop``, or a bug): stop fetching → drain buffered
+and in-flight work within ``shutdown.drain_budget_s`` → flush the DLQ producer → final commit → leave the group → close
+clients. With ``on_fatal: hold`` (the default) a fatal route holds only its dataset and the service runs on, not ready.
+Exit codes: 0 after a signal, 3 after a fatal route error (on_fatal: stop) or after a signal while a dataset is still
+held by one (on_fatal: hold), 1 after an unexpected failure, 2 for bad configuration.
 """
 
 from __future__ import annotations
@@ -141,8 +143,9 @@ class Service:
     def ready(self) -> str | None:
         if self.pipeline is None or self.source is None:
             return "starting"
-        if (fatal := self.pipeline.fatal) is not None:
-            return f"fatal: {fatal}"
+        if held := self.pipeline.held_datasets:
+            more = f" (and {len(held) - 1} more dataset(s) held)" if len(held) > 1 else ""
+            return f"fatal: {held[0].fatal}{more}"
         if self.pipeline.failure is not None:
             return f"failed: {self.pipeline.failure!r}"
         if self.stop_requested.is_set():
@@ -161,8 +164,13 @@ class Service:
     def live(self) -> str | None:
         if self.pipeline is None:
             return None
-        if self.pipeline.buffered == 0 or any(path.waiting for path in self.deletions):
-            self._progress_at = time.monotonic()  # updates held for a deletion job: the commit waits, as it should
+        if (
+            self.pipeline.buffered <= self.pipeline.waiting_on_fatal  # nothing pending, or only for held datasets
+            or any(path.waiting for path in self.deletions)
+        ):
+            # Updates held for a deletion job, or records of a dataset held by a fatal error: the commit waits, as it
+            # should (a held dataset makes the service not ready; a restart would not fix it).
+            self._progress_at = time.monotonic()
             return None
         stalled_for = time.monotonic() - self._progress_at
         if stalled_for > COMMIT_STALL_S:

@@ -177,6 +177,15 @@ class PersonalizeSettings(_Frozen):
         "a fraction of the CPU (see ingestor/personalize_http.py)",
     )
     quota_sharing: QuotaSharingSettings = QuotaSharingSettings()
+    on_fatal: Literal["hold", "stop"] = Field(
+        "hold",
+        description="a fatal error on a dataset (unknown dataset, access denied, bad credentials): hold that dataset "
+        "(nothing sent or committed on it, the others go on, not ready, one probe call every fatal_retry_s) or stop "
+        "the service (exit code 3)",
+    )
+    fatal_retry_s: float = Field(
+        60.0, gt=0, description="on_fatal: hold: seconds between two probe calls of a held dataset"
+    )
 
     @field_validator("rate_limits")
     @classmethod

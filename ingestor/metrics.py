@@ -119,6 +119,12 @@ class Metrics:
             ["api"],
             registry=r,
         )
+        self.datasets_held = Gauge(
+            "ingestor_datasets_held",
+            "Datasets held after a fatal error (nothing sent or committed on them until a probe call succeeds).",
+            ["api"],
+            registry=r,
+        )
         self.registry_requests = Counter(
             "ingestor_schema_registry_requests_total",
             "Writer schema fetches from the Schema Registry by outcome (ok, not_found, error).",

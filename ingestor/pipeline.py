@@ -30,9 +30,11 @@ from ingestor.offsets import OffsetTracker
 from ingestor.ratelimit import RateLimiter
 from ingestor.schema import DatasetSchema
 from ingestor.schema_cache import SchemaPending, SchemaSource, WriterSchemas
-from ingestor.sender import RetriesExhausted, Sender, Slot, Target
+from ingestor.sender import FatalBatchError, Outcome, RetriesExhausted, Sender, Slot, Target
 
 log = logging.getLogger(__name__)
+
+FATAL_REMINDER_S = 600.0  # a held dataset whose probe calls keep failing: one WARNING at most this often
 
 
 @dataclass(eq=False)
@@ -43,8 +45,12 @@ class Dataset:
     buffer: DatasetBuffer | EventBuffer
     limiter: RateLimiter
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    fatal: FatalRouteError | None = None
-    resume_at: float = 0.0  # after a spent retry budget (block mode): no call before this time
+    fatal: FatalRouteError | None = None  # held (on_fatal: hold) or stopped (stop) by this error: not ready
+    resume_at: float = 0.0  # after a spent retry budget (block mode), or held: no call before this time
+    probing: bool = False  # held: its one probe call is in flight
+    held_since: float = 0.0  # held: when the fatal error came
+    probes_failed: int = 0  # held: probe calls that failed since then
+    remind_at: float = 0.0  # held: the next "still held" WARNING, at the earliest
     stalled: str | None = None  # why the retry budget ran out (block mode) until a call succeeds again: not ready
     open: asyncio.Event = field(default_factory=lambda: _opened())  # cleared: bulk catch-up holds this dataset
     deletions: DeletionSink | None = None  # on_delete: delete (ingestor.deletions.DeletionPath)
@@ -129,6 +135,9 @@ class Pipeline:
             self._topics[route.topic] = _Topic(route, schema, ds, events)
         self.limiters = limiters
         self.datasets = list(datasets.values())
+        self._hold = settings.personalize.on_fatal == "hold"
+        for api in {ds.target.api for ds in self.datasets}:
+            metrics.datasets_held.labels(api).set(0)
         self._slots = asyncio.Semaphore(settings.personalize.max_in_flight)
         self._calls: set[asyncio.Task[None]] = set()
         self._dispatchers: list[asyncio.Task[None]] = []
@@ -175,6 +184,20 @@ class Pipeline:
     @property
     def fatal(self) -> FatalRouteError | None:
         return next((ds.fatal for ds in self.datasets if ds.fatal is not None), None)
+
+    @property
+    def held_datasets(self) -> list[Dataset]:
+        """Datasets held (or stopped) by a fatal error."""
+        return [ds for ds in self.datasets if ds.fatal is not None]
+
+    @property
+    def waiting_on_fatal(self) -> int:
+        """Records buffered (or in flight) for datasets held by a fatal error: never done while the error lasts."""
+        return sum(ds.buffer.buffered for ds in self.datasets if ds.fatal is not None)
+
+    def fatal_topics(self) -> set[str]:
+        """Topics whose dataset is held by a fatal error: what they fetch can only wait behind the failing records."""
+        return {topic for topic, t in self._topics.items() if t.dataset.fatal is not None}
 
     # ------------------------------------------------------------------ intake (hot path)
 
@@ -267,15 +290,17 @@ class Pipeline:
 
     async def _dispatch(self, ds: Dataset) -> None:
         buf = ds.buffer
-        while ds.fatal is None:
+        while ds.fatal is None or self._hold:  # on_fatal: stop ends here; hold keeps sending one probe at a time
             await self._open.wait()
             await ds.open.wait()  # held while an import job of this dataset runs (invariant 8)
             await ds.deletions_open.wait()  # ... or a deletion job of another member (ingestor.deletions)
             now = self._clock()
-            due = buf.due_in(now)
+            held = ds.fatal is not None
+            due = None if held and ds.probing else buf.due_in(now)  # held: never two probe calls in flight
             if due is not None and ds.resume_at > now:
                 due = max(due, ds.resume_at - now)
-            if due is None or (due > 0 and not self._flushing):
+            # A held dataset keeps to its probe schedule even while draining (no burst of probes at shutdown).
+            if due is None or (due > 0 and (held or not self._flushing)):
                 ds.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(due):
@@ -285,31 +310,53 @@ class Pipeline:
             # (with 40 routes and 16 slots, slots held through 100 ms pacing waits capped the process at ~80 calls/s).
             await ds.limiter.acquire()
             await self._slots.acquire()
+            probe = False
             try:
-                batch = buf.take() if self._open.is_set() and ds.fatal is None else []
+                batch: list[Pending] = []
+                if not self._open.is_set():
+                    pass
+                elif ds.fatal is None:
+                    batch = buf.take()
+                elif self._hold and not ds.probing and ds.resume_at <= self._clock():  # (held while we waited?)
+                    batch, probe = buf.take(), True
             except BaseException:
                 self._slots.release()
                 raise
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.create_task(self._call(ds, batch, Slot(self._slots)), name=f"call {ds.target.api}")
+            if probe:  # the dataset's one probe call: the next one only after it ends and fatal_retry_s more
+                ds.probing = True
+                ds.resume_at = self._clock() + self.settings.personalize.fatal_retry_s
+            task = asyncio.create_task(
+                self._call(ds, batch, Slot(self._slots), probe=probe), name=f"call {ds.target.api}"
+            )
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
             task.add_done_callback(self._check_task)
 
-    async def _call(self, ds: Dataset, batch: list[Pending], slot: Slot) -> None:
+    async def _call(self, ds: Dataset, batch: list[Pending], slot: Slot, *, probe: bool = False) -> None:
+        """Send one batch and settle its records. ``probe``: the one call of a held dataset, every fatal_retry_s."""
         buf, api = ds.buffer, ds.target.api
         exhausted: tuple[list[Pending], DeliveryError] | None = None
+        fatal: tuple[list[Pending], FatalRouteError] | None = None
         try:
             outcome = await self._sender.send(ds.target, batch, ds.limiter, prepaid=True, slot=slot)
         except FatalRouteError as exc:
-            if ds.fatal is None:
-                ds.fatal = exc
-                self.metrics.fatal_errors.labels(api).inc()
-                log.error("fatal: %s; nothing more is sent or committed on this dataset", exc)
-            self.on_failure()
-            return  # the batch stays in flight: nothing past it is ever committed
+            if not self._hold:  # on_fatal: stop
+                if ds.fatal is None:
+                    ds.fatal = exc
+                    self.metrics.fatal_errors.labels(api).inc()
+                    self._count_held(api)
+                    log.error("fatal: %s; nothing more is sent or committed on this dataset", exc)
+                self.on_failure()
+                return  # the batch stays in flight: nothing past it is ever committed
+            # on_fatal: hold. What a bisected batch settled before the fatal call is recorded as usual; the rest
+            # goes back into the buffer (never dead-lettered: the records are fine, the route is not).
+            if isinstance(exc, FatalBatchError):
+                outcome, fatal = exc.outcome, (exc.failed, exc)
+            else:
+                outcome, fatal = Outcome(), (list(batch), exc)
         except RetriesExhausted as exc:
             # Part of a bisected batch may be settled already: record that first (an accepted record must never
             # be dead-lettered, nor its older version sent after it), then handle the rest.
@@ -321,8 +368,14 @@ class Pipeline:
             raise
         finally:
             slot.release()
+            if probe:
+                ds.probing = False
             ds.wake.set()
         now = self._clock()
+        if fatal is not None:
+            self._held(ds, fatal[1], now, probe=probe)
+        elif probe and ds.fatal is not None and (outcome.accepted or outcome.rejected):
+            self._unheld(ds, now)  # an answer from the dataset (even a rejection): the route works again
         if ds.stalled and outcome.accepted:
             log.info("%s calls to %s succeed again", api, ds.target.dataset_arn)
             ds.stalled = None
@@ -340,8 +393,79 @@ class Pipeline:
             buf.rejected(p, now)
             reason = f"{p.source.where}: {reason}"
             self._dead_letter(p.source, p.epoch, "api", reason, "InvalidInputException", ds.target.dataset_arn)
-        if exhausted is not None:
+        if fatal is not None:
+            self._release(ds, fatal[0], now)
+        elif exhausted is not None and ds.fatal is not None:
+            # Held, and this call (a probe, or one sent before the hold) got transient errors only: nothing is
+            # dead-lettered while the dataset is held; the records wait for the next probe.
+            if probe:
+                self._probe_failed(ds, exhausted[1], now)
+            self._release(ds, exhausted[0], now)
+        elif exhausted is not None:
             self._exhausted(ds, *exhausted)
+
+    def _held(self, ds: Dataset, exc: FatalRouteError, now: float, *, probe: bool) -> None:
+        """on_fatal: hold. The dataset stops sending and committing; the others go on; one probe every
+        fatal_retry_s. The error is logged once at ERROR (it names the ARN and what to fix); failed probes are not."""
+        retry_s = self.settings.personalize.fatal_retry_s
+        if ds.fatal is None:
+            ds.fatal = exc
+            ds.held_since, ds.probes_failed = now, 0
+            ds.remind_at = now + FATAL_REMINDER_S
+            ds.resume_at = now + retry_s
+            self.metrics.fatal_errors.labels(ds.target.api).inc()
+            self._count_held(ds.target.api)
+            log.error(
+                "fatal: %s; this dataset is held: nothing is sent or committed on it (the other datasets go on) and "
+                "the service is not ready; a probe call every %gs resumes it once that is fixed (no restart needed)",
+                exc,
+                retry_s,
+            )
+        elif probe:
+            if str(exc) != str(ds.fatal):  # another cause now (the dataset was created, access is still denied)
+                log.error("fatal: %s; %s stays held", exc, ds.target.dataset_arn)
+            ds.fatal = exc
+            self._probe_failed(ds, exc, now)
+        # else: another call of the batch of calls that met the same error: reported already
+
+    def _probe_failed(self, ds: Dataset, exc: Exception, now: float) -> None:
+        ds.probes_failed += 1
+        ds.resume_at = now + self.settings.personalize.fatal_retry_s
+        if now >= ds.remind_at:
+            ds.remind_at = now + FATAL_REMINDER_S
+            log.warning(
+                "%s still held after a fatal error, %d probe call(s) failed in %.0fs: %s",
+                ds.target.dataset_arn,
+                ds.probes_failed,
+                now - ds.held_since,
+                exc,
+            )
+        else:
+            log.debug("probe call to held dataset %s failed: %s", ds.target.dataset_arn, exc)
+
+    def _unheld(self, ds: Dataset, now: float) -> None:
+        log.info(
+            "calls to %s succeed again after a fatal error (%s); streaming resumes (held %.0fs, %d failed probes)",
+            ds.target.dataset_arn,
+            ds.fatal,
+            now - ds.held_since,
+            ds.probes_failed,
+        )
+        ds.fatal = None
+        ds.resume_at = 0.0
+        self._count_held(ds.target.api)
+
+    def _count_held(self, api: str) -> None:
+        held = sum(1 for ds in self.datasets if ds.fatal is not None and ds.target.api == api)
+        self.metrics.datasets_held.labels(api).set(held)
+
+    @staticmethod
+    def _release(ds: Dataset, batch: list[Pending], now: float) -> None:
+        """Back into the buffer, sent again later (newest version per id first, as ever); the time held does not
+        count against the records' retry budget."""
+        for p in batch:
+            p.first_attempt = None
+            ds.buffer.released(p, now)
 
     def _exhausted(self, ds: Dataset, batch: list[Pending], exc: DeliveryError) -> None:
         now = self._clock()
@@ -410,6 +534,17 @@ class Pipeline:
                 await asyncio.gather(*late, return_exceptions=True)
                 for ds in self.datasets:
                     ds.buffer.drop_partitions(gone)
+            for ds in self.datasets:
+                if ds.fatal is not None and self._hold and ds.buffer.buffered == 0:
+                    # Nothing of it is left here to probe with: this member holds nothing of it any more. Its next
+                    # record here (if any) is sent as usual, and held again if the error is still there.
+                    log.info(
+                        "%s: no records of this held dataset left after the revocation; not held here any more",
+                        ds.target.dataset_arn,
+                    )
+                    ds.fatal = None
+                    ds.resume_at = 0.0
+                    self._count_held(ds.target.api)
             await self.dlq.flush(max(0.0, deadline - self._clock()))
         finally:
             self._open.set()

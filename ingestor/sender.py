@@ -102,6 +102,21 @@ class RetriesExhausted(DeliveryError):
         self.failed = failed
 
 
+class FatalBatchError(FatalRouteError):
+    """A fatal error in the middle of a batch's delivery. A bisected batch may be partly done: ``outcome`` holds
+    what was accepted or rejected before the fatal call, ``failed`` the records whose fate is unknown."""
+
+    def __init__(self, message: str, outcome: Outcome, failed: list[Pending]) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.failed = failed
+
+
+def _unsettled(batch: list[Pending], outcome: Outcome) -> list[Pending]:
+    settled = {id(p) for p in outcome.accepted} | {id(p) for p, _ in outcome.rejected}
+    return [p for p in batch if id(p) not in settled]
+
+
 class _RecordBudget(stop_base):
     """Stop retrying once the oldest record of the batch has spent its time budget."""
 
@@ -165,7 +180,8 @@ class Sender:
 
         ``prepaid``: the caller already took the rate-limit token for the first attempt. ``slot``: the caller's call
         slot, given back during back-offs and rate-limit waits and taken again for each attempt. Raises RetriesExhausted
-        (with what was settled before) when the retry budget is spent, FatalRouteError when the route cannot work.
+        (with what was settled before) when the retry budget is spent, FatalBatchError (a FatalRouteError, with what
+        was settled before) when the route cannot work.
         """
         outcome = Outcome()
         now = self._clock()
@@ -175,9 +191,9 @@ class Sender:
         try:
             await self._deliver(target, batch, limiter, outcome, [prepaid], slot)
         except DeliveryError as exc:
-            settled = {id(p) for p in outcome.accepted} | {id(p) for p, _ in outcome.rejected}
-            failed = [p for p in batch if id(p) not in settled]
-            raise RetriesExhausted(str(exc), outcome, failed) from exc
+            raise RetriesExhausted(str(exc), outcome, _unsettled(batch, outcome)) from exc
+        except FatalRouteError as exc:
+            raise FatalBatchError(str(exc), outcome, _unsettled(batch, outcome)) from exc
         return outcome
 
     async def _deliver(

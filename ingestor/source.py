@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
@@ -163,18 +164,26 @@ class KafkaSource:
         Below ``RESUME_BELOW`` of the bound all are resumed together; the caller caps each fetch to the room left,
         so resuming every partition at once cannot overshoot either. A partition with records waiting for their
         writer schema stays paused until they are released: all it fetched would only be held behind them, and
-        held records count as buffered, so it alone would fill the bound and stop every partition.
+        held records count as buffered, so it alone would fill the bound and stop every partition. The same goes for
+        a partition with records of a dataset held by a fatal error (``personalize.on_fatal: hold``) until the
+        dataset is released; and as those records are never done meanwhile, the hysteresis counts only the rest of
+        the bound (else a held dataset holding a quarter of it would keep every partition paused for good).
         """
         limit = self.settings.batching.max_buffered_records
         total = self.pipeline.buffered
-        waiting = self.pipeline.held.partitions
+        waiting: AbstractSet[TopicPartition] = self.pipeline.held.partitions
+        stuck = 0  # records of datasets held by a fatal error: not done before the dataset is released
+        if fatal_topics := self.pipeline.fatal_topics():
+            stuck = self.pipeline.waiting_on_fatal
+            pending = self.pipeline.tracker.pending_by_partition()
+            waiting = {*waiting, *(tp for tp, n in pending.items() if n and tp.topic in fatal_topics)}
         if total >= limit:
             self._full = True
             assigned = self.assignment()
             self._pause_only(assigned, assigned)
             self._readable = set()
-        elif self._full and total >= limit * RESUME_BELOW:
-            pass  # hysteresis: stay paused until below RESUME_BELOW
+        elif self._full and total - stuck >= (limit - stuck) * RESUME_BELOW:
+            pass  # hysteresis: stay paused until below RESUME_BELOW (of what can drain)
         else:
             self._full = False
             assigned = self.assignment()
@@ -182,8 +191,8 @@ class KafkaSource:
             readable = assigned - over - waiting
             if readable:
                 self._readable = readable
-                if self._paused != waiting & assigned:
-                    self._pause_only(waiting & assigned, assigned)
+                if self._paused != assigned & waiting:
+                    self._pause_only(assigned & waiting, assigned)
             else:  # every partition at its share (or waiting): nothing to read, so stop fetching altogether
                 self._readable = set()
                 self._pause_only(assigned, assigned)

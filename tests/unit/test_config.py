@@ -28,6 +28,7 @@ def test_the_example_config_loads_with_schemas_resolved_against_its_folder(confi
     assert s.routes[0].schema_path == config_copy.parent / "schemas/items.avsc"
     assert s.routes[0].dataset_group == "shop" and s.routes[0].api == "PutItems"
     assert s.batching.max_records == 10 and s.kafka.auto_offset_reset == "earliest"
+    assert s.personalize.on_fatal == "hold" and s.personalize.fatal_retry_s == 60  # a fatal dataset is held
 
 
 def test_environment_overrides_the_file(config_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,6 +55,8 @@ def test_settings_are_frozen(config_copy: Path) -> None:
         (("schemas/items.avsc", "schemas/missing.avsc"), ["routes.0", "missing.avsc", "cannot be read"]),
         (("linger_ms: 50", "linger_ms: 50\n  surprise: 1"), ["batching.surprise", "Extra inputs"]),
         (("dead_letter_topic: personalize-ingestor-dlq", "dead_letter_topic: crm.users"), ["dead_letter_topic"]),
+        (("max_in_flight: 16", "max_in_flight: 16\n  on_fatal: exit"), ["personalize.on_fatal", "'hold' or 'stop'"]),
+        (("max_in_flight: 16", "max_in_flight: 16\n  fatal_retry_s: 0"), ["personalize.fatal_retry_s"]),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_key(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,12 +23,13 @@ ITEMS_ARN = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/ITEMS"
 TP = TopicPartition("catalog.items", 0)
 
 
-def settings(**retry: object) -> Settings:
+def settings(*, personalize: dict[str, object] | None = None, **retry: object) -> Settings:
     return Settings(
         kafka={"dead_letter_topic": "dlq"},
         personalize={
             "rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0},
             "retry": {"base_delay_s": 0.001, "max_delay_s": 0.01, **retry},
+            **(personalize or {}),
         },
         routes=[
             {
@@ -142,17 +145,25 @@ async def test_throttling_is_retried_and_in_flight_stays_bounded(harness) -> Non
     assert pipeline.metrics.api_retries.labels("PutItems", "throttled")._value.get() == 3
 
 
-async def test_fatal_error_stops_the_route_without_dead_lettering(harness) -> None:
-    pipeline, personalize, producer = harness
+async def test_fatal_error_stops_the_route_without_dead_lettering() -> None:
+    """on_fatal: stop — the service is told to stop (exit code 3), the batch stays in flight, nothing is committed."""
+    personalize, producer = FakePersonalize(), FakeProducer()
+    pipeline = pipeline_with(personalize, producer, personalize_settings={"on_fatal": "stop"})
     failed = asyncio.Event()
     pipeline.on_failure = failed.set
-    personalize.fail_next = [client_error("ResourceNotFoundException", message="no such dataset")]
-    for i in range(3):
-        pipeline.ingest(item(f"i{i}", 1.0, i))
-    await wait_until(failed.is_set, timeout=5, what="the fatal error")
-    assert pipeline.fatal is not None and ITEMS_ARN in str(pipeline.fatal)
-    assert producer.sent == []
-    assert pipeline.tracker.to_commit() == {TP: 0}
+    pipeline.start()
+    try:
+        personalize.fail_next = [client_error("ResourceNotFoundException", message="no such dataset")]
+        for i in range(3):
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(failed.is_set, timeout=5, what="the fatal error")
+        assert pipeline.fatal is not None and ITEMS_ARN in str(pipeline.fatal)
+        assert producer.sent == []
+        assert pipeline.tracker.to_commit() == {TP: 0}
+        assert pipeline.datasets[0].buffer.in_flight == 3  # stays in flight: never sent again, never committed
+        assert pipeline.metrics.datasets_held.labels("PutItems")._value.get() == 1
+    finally:
+        await pipeline.stop()
 
 
 async def test_tombstones_are_done_at_once(harness) -> None:
@@ -236,11 +247,12 @@ async def test_a_throttled_dataset_in_retry_back_off_holds_no_call_slot() -> Non
         await pipeline.stop()
 
 
-async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> None:
+@pytest.mark.parametrize("on_fatal", ["stop", "hold"])
+async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes(on_fatal: str) -> None:
     users_arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
     s = Settings(
         kafka={"dead_letter_topic": "dlq"},
-        personalize={"rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0}},
+        personalize={"rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0}, "on_fatal": on_fatal},
         routes=[
             {
                 "topic": "catalog.items",
@@ -265,15 +277,26 @@ async def test_drain_after_a_fatal_route_still_delivers_the_healthy_routes() -> 
         for i in range(3):  # buffered after the fatal error, waiting for their linger
             user = {"USER_ID": f"u{i}", "MEMBERSHIP": "gold"}
             pipeline.ingest(SourceRecord("crm.users", 0, i, None, json.dumps(user).encode()))
+        calls = len(personalize.calls)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         assert not await pipeline.drain(5)  # the items record can never be done...
+        assert loop.time() - started < 2  # ...so the drain does not wait for it
         assert set(personalize.state[users_arn]) == {"u0", "u1", "u2"}  # ...but the users were delivered
         assert pipeline.tracker.to_commit() == {TopicPartition("crm.users", 0): 3, TP: 0}
+        assert [arn for arn, _ in personalize.calls[calls:]] == [users_arn]  # no burst of probes while draining
     finally:
         await pipeline.stop()
 
 
-def pipeline_with(personalize: FakePersonalize, producer: FakeProducer, **retry: object) -> Pipeline:
-    s = settings(**retry)
+def pipeline_with(
+    personalize: FakePersonalize,
+    producer: FakeProducer,
+    *,
+    personalize_settings: dict[str, object] | None = None,
+    **retry: object,
+) -> Pipeline:
+    s = settings(personalize=personalize_settings, **retry)
     metrics = Metrics()
     return Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
 
@@ -421,3 +444,205 @@ async def test_dead_letters_are_logged_as_a_summary_not_one_line_per_record(harn
     assert lines[1].startswith("dead-lettered 19 record(s)") and "'decode': 19" in lines[1]
     pipeline.dlq.report()
     assert len([r for r in caplog.records if r.name == "ingestor.deadletter"]) == 2  # nothing new: no line
+
+
+# ---------------------------------------------------------------------- on_fatal: hold
+
+USERS_ARN = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+USERS_TP = TopicPartition("crm.users", 0)
+
+
+class FailingItems(FakePersonalize):
+    """Items calls fail with ResourceNotFoundException while ``failing``; each takes ``latency`` seconds (so calls
+    that could overlap do). ``items_max_in_flight`` counts only calls started while ``watching``; ``items_started``
+    when each items call began (the loop's clock)."""
+
+    def __init__(self, error: str = "ResourceNotFoundException") -> None:
+        super().__init__()
+        self.failing = True
+        self.error = error
+        self.watching = False
+        self.latency = 0.005
+        self.items_in_flight = 0
+        self.items_max_in_flight = 0
+        self.items_started: list[float] = []
+
+    async def put_items(self, *, datasetArn: str, items: list[dict[str, str]]) -> dict[str, Any]:
+        self.items_started.append(asyncio.get_running_loop().time())
+        self.items_in_flight += 1
+        if self.watching:
+            self.items_max_in_flight = max(self.items_max_in_flight, self.items_in_flight)
+        try:
+            await asyncio.sleep(self.latency)  # the endpoint's latency, not a wait for a condition
+            if self.failing:
+                self.calls.append((datasetArn, items))
+                raise client_error(self.error, message="no such dataset")
+            return await super().put_items(datasetArn=datasetArn, items=items)
+        finally:
+            self.items_in_flight -= 1
+
+
+def two_routes(**personalize: object) -> Settings:
+    return Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        personalize={
+            "rate_limits": {"PutItems": 1000.0, "PutUsers": 1000.0},
+            "retry": {"base_delay_s": 0.001, "max_delay_s": 0.01},
+            "on_fatal": "hold",
+            "fatal_retry_s": 0.2,
+            **personalize,
+        },
+        routes=[
+            {
+                "topic": "catalog.items",
+                "kind": "items",
+                "dataset_arn": ITEMS_ARN,
+                "schema": CONFIG / "schemas/items.avsc",
+            },
+            {"topic": "crm.users", "kind": "users", "dataset_arn": USERS_ARN, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"linger_ms": 1},
+    )
+
+
+def user(user_id: str, offset: int) -> SourceRecord:
+    value = {"USER_ID": user_id, "AGE": 30, "MEMBERSHIP": "gold"}
+    return SourceRecord("crm.users", 0, offset, None, json.dumps(value).encode())
+
+
+async def test_hold_a_fatal_dataset_while_the_others_deliver_then_resume_after_a_probe_succeeds(caplog) -> None:
+    caplog.set_level("DEBUG", logger="ingestor.pipeline")
+    s = two_routes()
+    assert s.personalize.on_fatal == "hold"
+    personalize, producer, metrics = FailingItems(), FakeProducer(), Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
+    failures: list[str] = []
+    pipeline.on_failure = lambda: failures.append("stop requested")
+    pipeline.start()
+    try:
+        for i in range(30):  # three calls of ten, in flight together: each meets the fatal error
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(lambda: pipeline.fatal is not None, timeout=5, what="the items dataset to be held")
+        assert ITEMS_ARN in str(pipeline.fatal)
+        await wait_until(lambda: personalize.items_in_flight == 0, timeout=5, what="the first calls to end")
+        personalize.watching = True
+        personalize.latency = 0.3  # a probe call outlasts fatal_retry_s: the next one waits for it all the same
+        first_calls = len(personalize.items_started)
+        for i in range(5):  # newer versions arrive while the dataset is held: they coalesce in the buffer
+            pipeline.ingest(item(f"i{i}", 2.0, 30 + i))
+        for i in range(50):  # the users dataset keeps delivering and committing meanwhile
+            pipeline.ingest(user(f"u{i}", i))
+        await wait_until(
+            lambda: pipeline.tracker.to_commit().get(USERS_TP) == 50, timeout=5, what="every user committed"
+        )
+        assert set(personalize.state[USERS_ARN]) == {f"u{i}" for i in range(50)}
+        await wait_until(
+            lambda: len(personalize.items_started) >= first_calls + 3, timeout=10, what="three probe calls"
+        )
+        assert pipeline.fatal is not None  # still held: every probe failed
+        assert pipeline.tracker.to_commit()[TP] == 0  # nothing committed past the first failing record
+        assert producer.sent == []  # nothing dead-lettered
+        assert failures == []  # the service was not told to stop
+        assert metrics.datasets_held.labels("PutItems")._value.get() == 1
+        assert metrics.datasets_held.labels("PutUsers")._value.get() == 0
+        assert personalize.items_max_in_flight == 1  # held: one probe call at a time...
+        probes = personalize.items_started[first_calls:]
+        gaps = [b - a for a, b in itertools.pairwise(probes)]
+        assert min(gaps) >= 0.3 + 0.2 - 1e-3, gaps  # ...fatal_retry_s after the previous one failed
+
+        personalize.failing, personalize.latency = False, 0.005  # the dataset exists now: the next probe succeeds
+        await wait_until(lambda: pipeline.tracker.to_commit().get(TP) == 35, timeout=5, what="every item committed")
+        assert pipeline.fatal is None
+        state = personalize.state[ITEMS_ARN]
+        assert len(state) == 30 and all(json.loads(state[f"i{i}"])["price"] == 2.0 for i in range(5))
+        assert producer.sent == []
+        assert metrics.datasets_held.labels("PutItems")._value.get() == 0
+        assert metrics.fatal_errors.labels("PutItems")._value.get() == 1
+    finally:
+        await pipeline.stop()
+    records = [r for r in caplog.records if r.name == "ingestor.pipeline"]
+    errors = [r.getMessage() for r in records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and ITEMS_ARN in errors[0] and "check that the dataset exists" in errors[0], errors
+    assert not [r for r in records if r.levelname == "WARNING"]  # failed probes: debug only (no log storm)
+    resumed = [r.getMessage() for r in records if r.levelname == "INFO" and "succeed again" in r.getMessage()]
+    assert len(resumed) == 1 and resumed[0].startswith(f"calls to {ITEMS_ARN} succeed again after a fatal error")
+
+
+async def test_a_held_dataset_dead_letters_nothing_even_when_a_probe_spends_its_retries() -> None:
+    """on_exhausted: dead_letter does not apply to a held dataset: a probe answered only by 503s keeps it held and
+    its records buffered; the next probe that gets through delivers them."""
+    s = two_routes(retry={"max_attempts": 2, "base_delay_s": 0.001, "max_delay_s": 0.01, "on_exhausted": "dead_letter"})
+    personalize, producer, metrics = FailingItems(), FakeProducer(), Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))
+        await wait_until(lambda: pipeline.fatal is not None, timeout=5, what="the items dataset to be held")
+        personalize.failing = False
+        personalize.fail_next = [client_error("ServiceUnavailable", 503)] * 2  # the first probe spends its budget
+        await wait_until(lambda: not personalize.fail_next, timeout=5, what="the probe's two attempts")
+        await wait_until(lambda: pipeline.fatal is None, timeout=5, what="the second probe")
+        assert producer.sent == []
+        assert pipeline.metrics.api_retries.labels("PutItems", "error")._value.get() == 1
+        await wait_until(lambda: pipeline.tracker.to_commit().get(TP) == 1, timeout=5, what="the item committed")
+        assert set(personalize.state[ITEMS_ARN]) == {"i1"}
+    finally:
+        await pipeline.stop()
+
+
+async def test_a_fatal_error_mid_bisect_keeps_what_was_settled_and_holds_the_rest() -> None:
+    """A 10-record call is rejected (one bad record) and bisected; the first half is accepted, then the dataset
+    fails fatally: the accepted half is done (committed), the rest is held, not dead-lettered; after the probe
+    succeeds the bad record is narrowed down and dead-lettered as usual."""
+    s = two_routes()
+    personalize, producer, metrics = FakePersonalize(), FakeProducer(), Metrics()
+    personalize.rejects = lambda r: r["itemId"] == "i7"
+    fatal = [True]
+
+    def second_half_is_fatal(arn: str, records: list[dict[str, str]]) -> None:
+        if fatal[0] and records[0]["itemId"] == "i5":
+            personalize.fail_next.append(client_error("AccessDeniedException", message="not allowed"))
+
+    personalize.on_call = second_half_is_fatal
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), producer, metrics)
+    pipeline.start()
+    try:
+        for i in range(10):
+            pipeline.ingest(item(f"i{i}", 1.0, i))
+        await wait_until(lambda: pipeline.fatal is not None, timeout=5, what="the items dataset to be held")
+        assert "AccessDeniedException" in str(pipeline.fatal)
+        assert pipeline.tracker.to_commit() == {TP: 5}  # the accepted half, and nothing past it
+        assert set(personalize.state[ITEMS_ARN]) == {f"i{i}" for i in range(5)}
+        assert producer.sent == []
+        fatal[0] = False
+        await wait_until(lambda: pipeline.tracker.to_commit().get(TP) == 10, timeout=5, what="every item done")
+        assert pipeline.fatal is None
+        assert [producer.headers_of(n)["ingestor.source.offset"] for n in range(len(producer.sent))] == ["7"]
+        assert set(personalize.state[ITEMS_ARN]) == {f"i{i}" for i in range(10)} - {"i7"}
+    finally:
+        await pipeline.stop()
+
+
+async def test_a_held_dataset_whose_partitions_are_revoked_is_no_longer_held_here() -> None:
+    """Nothing of it is left on this member to probe with: it would stay not ready for good. Whoever owns the
+    partitions now meets the error (and holds the dataset) in its turn."""
+    s = two_routes()
+    personalize, metrics = FailingItems(), Metrics()
+    pipeline = Pipeline(s, Sender(personalize, metrics, s.personalize.retry), FakeProducer(), metrics)
+    pipeline.start()
+    try:
+        pipeline.ingest(item("i1", 1.0, 0))
+        pipeline.ingest(user("u1", 0))
+        await wait_until(lambda: pipeline.fatal is not None, timeout=5, what="the items dataset to be held")
+        await pipeline.revoke({USERS_TP}, timeout_s=1.0)
+        pipeline.forget({USERS_TP})
+        assert pipeline.fatal is not None  # its records are still here
+        await pipeline.revoke({TP}, timeout_s=1.0)
+        pipeline.forget({TP})
+        assert pipeline.fatal is None and pipeline.held_datasets == []
+        assert metrics.datasets_held.labels("PutItems")._value.get() == 0
+        pipeline.ingest(item("i2", 1.0, 0))  # assigned again: its next record is sent, and held again
+        await wait_until(lambda: pipeline.fatal is not None, timeout=5, what="the items dataset to be held again")
+        assert pipeline.tracker.to_commit() == {TP: 0}
+    finally:
+        await pipeline.stop()

@@ -11,13 +11,14 @@ from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import CommitFailedError
 
 from ingestor.config import Settings
+from ingestor.errors import FatalRouteError
 from ingestor.metrics import Metrics
 from ingestor.model import SourceRecord, TopicPartition
 from ingestor.pipeline import Pipeline
 from ingestor.sender import Sender
 from ingestor.source import KafkaSource
 from tests.conftest import wait_until
-from tests.fakes import FakeConsumer, FakePersonalize, FakeProducer
+from tests.fakes import FakeConsumer, FakePersonalize, FakeProducer, client_error
 
 CONFIG = Path(__file__).parents[2] / "config"
 TOPIC = "catalog.items"
@@ -282,3 +283,110 @@ async def test_partitions_that_fetch_first_do_not_take_the_whole_bound() -> None
         personalize.gate.set()  # type: ignore[union-attr]
         await loop
         await pipeline.stop()
+
+
+USERS_TOPIC = "crm.users"
+USERS_ARN = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/USERS"
+
+
+def two_datasets(
+    max_buffered: int, assigned: set[KafkaTP], personalize: FakePersonalize
+) -> tuple[KafkaSource, FakeConsumer, Pipeline]:
+    """Items and users routes; on_fatal: hold with a probe every 0.2 s."""
+    settings = Settings(
+        kafka={"dead_letter_topic": "dlq", "fetch_max_records": 100},
+        routes=[
+            {"topic": TOPIC, "kind": "items", "dataset_arn": ARN, "schema": CONFIG / "schemas/items.avsc"},
+            {"topic": USERS_TOPIC, "kind": "users", "dataset_arn": USERS_ARN, "schema": CONFIG / "schemas/users.avsc"},
+        ],
+        batching={"max_buffered_records": max_buffered, "linger_ms": 0},
+        personalize={
+            "rate_limits": {"PutItems": 10_000.0, "PutUsers": 10_000.0},
+            "on_fatal": "hold",
+            "fatal_retry_s": 0.2,
+        },
+    )
+    metrics = Metrics()
+    pipeline = Pipeline(settings, Sender(personalize, metrics, settings.personalize.retry), FakeProducer(), metrics)
+    consumer = FakeConsumer(assigned=assigned)
+    return KafkaSource(settings, pipeline, metrics, consumer=consumer), consumer, pipeline  # type: ignore[arg-type]
+
+
+def user_value(tp: KafkaTP, offset: int) -> bytes:
+    return json.dumps({"USER_ID": f"u{tp.partition}-{offset}", "MEMBERSHIP": "gold"}).encode()
+
+
+async def test_a_dataset_held_by_a_fatal_error_does_not_keep_the_others_paused() -> None:
+    """Three items partitions whose dataset is held hold 75 of a bound of 100 records, which are never done while it
+    is held: the hysteresis counts only the rest, so the users partition is read again once its own records drain
+    (counting all 100, nothing would resume before 75, which the held records alone never fall below)."""
+    items = {TopicPartition(TOPIC, p) for p in range(3)}
+    users = TopicPartition(USERS_TOPIC, 0)
+    source, consumer, pipeline = two_datasets(
+        100, {KafkaTP(TOPIC, p) for p in range(3)} | {KafkaTP(USERS_TOPIC, 0)}, FakePersonalize()
+    )
+    for p in range(3):
+        fill(pipeline, p, 25)
+    pipeline.datasets[0].fatal = FatalRouteError("PutItems on ITEMS failed with ResourceNotFoundException")
+    assert pipeline.waiting_on_fatal == 75
+    for off in range(25):
+        pipeline.ingest(SourceRecord(USERS_TOPIC, 0, off, None, user_value(KafkaTP(USERS_TOPIC, 0), off)))
+    assert source._backpressure() == 0
+    assert consumer.paused == consumer.assigned  # at the bound: everything paused
+    for off in range(10):
+        pipeline.tracker.done(users, off, 0)
+    assert source._backpressure() == 10  # 15 of the users' 25 left: below 75 % of what can drain
+    assert source._readable == {users}
+    assert consumer.paused == {KafkaTP(tp.topic, tp.partition) for tp in items}  # held: not fetched any further
+    pipeline.datasets[0].fatal = None  # released: its partitions are fetched again (up to their share)
+    source._backpressure()
+    assert consumer.paused == set()
+
+
+async def test_held_partitions_stop_fetching_while_the_others_flow_and_resume_after_the_probe() -> None:
+    """Items (3 partitions) fail with AccessDenied from the first call: their partitions keep what they fetched (at
+    most their share of the bound plus one fetched batch) and are paused; the users partitions are read to the end
+    and committed; once access is granted the probe succeeds and the items partitions are read to the end too."""
+    personalize = FakePersonalize()
+    failing = [True]
+    personalize.on_call = lambda arn, _: (
+        personalize.fail_next.append(client_error("AccessDeniedException")) if arn == ARN and failing[0] else None
+    )
+    assigned = {KafkaTP(TOPIC, p) for p in range(3)} | {KafkaTP(USERS_TOPIC, p) for p in range(2)}
+    source, consumer, pipeline = two_datasets(500, assigned, personalize)  # a share of 100 per partition
+    consumer.backlog = {tp: 300 for tp in assigned}
+    consumer.value = lambda tp, offset: user_value(tp, offset) if tp.topic == USERS_TOPIC else value(tp, offset)
+    consumer.prefetch = 40
+    peak = 0
+    ingest = pipeline.ingest
+
+    def ingest_and_watch(rec: SourceRecord) -> None:
+        nonlocal peak
+        ingest(rec)
+        peak = max(peak, pipeline.buffered)
+
+    pipeline.ingest = ingest_and_watch  # type: ignore[method-assign]
+    users = [TopicPartition(USERS_TOPIC, p) for p in range(2)]
+    items = [TopicPartition(TOPIC, p) for p in range(3)]
+    pipeline.start()
+    loop = asyncio.create_task(source.run())
+    try:
+        await wait_until(
+            lambda: all(pipeline.tracker.to_commit().get(tp) == 300 for tp in users), timeout=10, what="every user"
+        )
+        assert pipeline.fatal is not None
+        assert all(pipeline.tracker.to_commit().get(tp, 0) == 0 for tp in items)  # nothing committed
+        fetched = {tp: consumer.positions.get(KafkaTP(tp.topic, tp.partition), 0) for tp in items}
+        assert all(0 < n <= 100 + 40 for n in fetched.values()), fetched  # at most their share + one batch
+        assert {KafkaTP(tp.topic, tp.partition) for tp in items if fetched[tp]} <= consumer.paused
+        failing[0] = False  # access granted: the next probe succeeds and the items partitions are read again
+        await wait_until(
+            lambda: all(pipeline.tracker.to_commit().get(tp) == 300 for tp in items), timeout=10, what="every item"
+        )
+        assert pipeline.fatal is None and consumer.paused == set()
+    finally:
+        source.stop_fetching()
+        await loop
+        await pipeline.stop()
+    assert peak <= 500
+    assert len(personalize.state[ARN]) == 900 and len(personalize.state[USERS_ARN]) == 600
