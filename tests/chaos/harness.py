@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -336,6 +338,21 @@ class IngestorProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
+
+    def health_url(self) -> str:
+        """``http://host:port`` of /metrics, /healthz and /readyz, from the log line saying where (port 0: the OS
+        picked it)."""
+        match = re.search(r"metrics and health on (http://[\w.\-]+:\d+)", self.log())
+        assert match, f"{self} has not said where it serves metrics\n{self.log_tail()}"
+        return match.group(1)
+
+    async def get(self, path: str) -> tuple[int, str]:
+        """GET ``path`` (``/readyz``, ``/metrics``...) from the health server: (status, body)."""
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(self.health_url() + path) as response,
+        ):
+            return response.status, await response.text()
 
     def __repr__(self) -> str:
         pid = self.proc.pid if self.proc else None
