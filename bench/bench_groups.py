@@ -9,8 +9,9 @@ Two scenarios, each measured over a window after a warm-up:
   10, so it is throttled hard until AIMD finds the real quota; the OTHER groups must still get ≥ 95 %.
 
 Reported: min / median share of the quota per group and API, throttled calls, records per call, the process's
-peak resident memory (target < 250 MB). A fatal group (unknown dataset, access denied) stops the whole service by
-design (exit code 3, see the README), so it is not a scenario here.
+peak resident memory (target < 250 MB). A fatal group (unknown dataset, access denied) is held while the others go
+on (``personalize.on_fatal: hold``, see the README); it is not measured here: tests/chaos/test_fatal_route.py checks
+that the other routes converge while one is held.
 
     .venv/bin/python bench/bench_groups.py [--groups 20] [--window 20] [--quick] [--json out.json]
 """
