@@ -646,3 +646,32 @@ async def test_a_held_dataset_whose_partitions_are_revoked_is_no_longer_held_her
         assert pipeline.tracker.to_commit() == {TP: 0}
     finally:
         await pipeline.stop()
+
+
+def test_failed_probes_log_a_warning_at_most_every_ten_minutes_and_a_new_cause_at_error(caplog) -> None:
+    from ingestor.errors import FatalRouteError
+    from ingestor.pipeline import FATAL_REMINDER_S
+
+    caplog.set_level("DEBUG", logger="ingestor.pipeline")
+    s = two_routes(fatal_retry_s=60)
+    metrics = Metrics()
+    pipeline = Pipeline(s, Sender(FakePersonalize(), metrics, s.personalize.retry), FakeProducer(), metrics)
+    ds = pipeline.datasets[0]
+    missing = FatalRouteError(f"PutItems on {ITEMS_ARN} failed with ResourceNotFoundException")
+    pipeline._held(ds, missing, 1000.0, probe=False)
+    assert ds.resume_at == 1060.0
+    pipeline._held(ds, missing, 1001.0, probe=False)  # another call of the same burst: nothing new
+    for minute in range(1, 25):  # a probe a minute for 24 minutes
+        pipeline._held(ds, missing, 1000.0 + 60 * minute, probe=True)
+    assert ds.probes_failed == 24 and ds.resume_at == 1000.0 + 60 * 24 + 60
+    denied = FatalRouteError(f"PutItems on {ITEMS_ARN} failed with AccessDeniedException")
+    pipeline._held(ds, denied, 2500.0, probe=True)  # the dataset exists now, but access is denied
+    assert ds.fatal is denied
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "ingestor.pipeline"]
+    errors = [m for lvl, m in levels if lvl == "ERROR"]
+    assert len(errors) == 2 and errors[0].startswith(f"fatal: {missing}; this dataset is held")
+    assert errors[1] == f"fatal: {denied}; {ITEMS_ARN} stays held"
+    warnings = [m for lvl, m in levels if lvl == "WARNING"]
+    assert len(warnings) == 24 * 60 // FATAL_REMINDER_S  # at 10 and 20 minutes
+    assert warnings[0].startswith(f"{ITEMS_ARN} still held after a fatal error, 10 probe call(s) failed in 600s")
+    assert metrics.fatal_errors.labels("PutItems")._value.get() == 1
