@@ -2,16 +2,18 @@
 
 The local endpoint runs with its quota ON (10 calls/s per group and API) in its own process and counts calls per
 dataset group (``by_group`` in ``GET /_emulator/stats``). One ingestor process runs all 40 routes with default settings.
-Two scenarios, each measured over a window after a warm-up:
+Three scenarios, each measured over a window after a warm-up:
 
 * all healthy: every group and API should get ≥ 95 % of its quota; none starves (the minimum is reported);
 * one failing group: the endpoint's quota for group 0 drops to 1 call/s while the ingestor is still configured for
-  10, so it is throttled hard until AIMD finds the real quota; the OTHER groups must still get ≥ 95 %.
+  10, so it is throttled hard until AIMD finds the real quota; the OTHER groups must still get ≥ 95 %;
+* one fatal group: the endpoint does not know group 0's datasets (ResourceNotFoundException). The group is held
+  (``personalize.on_fatal: hold``, the default: its partitions paused, a probe call every ``fatal_retry_s``); the
+  OTHER groups must still get ≥ 95 %.
 
 Reported: min / median share of the quota per group and API, throttled calls, records per call, the process's
-peak resident memory (target < 250 MB). A fatal group (unknown dataset, access denied) is held while the others go
-on (``personalize.on_fatal: hold``, see the README); it is not measured here: tests/chaos/test_fatal_route.py checks
-that the other routes converge while one is held.
+peak resident memory (target < 250 MB). tests/chaos/test_fatal_route.py checks the delivery side of a held group
+(the other routes converge exactly, the held one commits nothing past its first record).
 
     .venv/bin/python bench/bench_groups.py [--groups 20] [--window 20] [--quick] [--json out.json]
 """
@@ -53,11 +55,13 @@ def arn(g: str, kind: str) -> str:
     return f"arn:aws:personalize:us-east-1:123456789012:dataset/{g}/{kind}"
 
 
-def emulator_yaml(folder: Path, groups: int) -> Path:
+def emulator_yaml(folder: Path, groups: int, unknown: str | None = None) -> Path:
+    """The endpoint's datasets: every group's, except ``unknown``'s (calls to it fail with ResourceNotFound)."""
     datasets = [
         {"arn": arn(group(i), kind), "kind": kind, "schema": str(CONFIG / f"schemas/{kind.lower()}.avsc")}
         for i in range(groups)
         for kind in ("ITEMS", "USERS")
+        if group(i) != unknown
     ]
     path = folder / "emulator.yaml"
     path.write_text(yaml.safe_dump({"datasets": datasets, "quotas": {"enabled": True, "put_items": QUOTA}}))
@@ -112,18 +116,20 @@ def backlog(tag: str, groups: int, per_route: int) -> list[tuple[str, bytes, byt
 
 
 async def scenario(
-    bootstrap: str, groups: int, window: float, failing: bool, warmup: float, http: str, max_in_flight: int
+    bootstrap: str, groups: int, window: float, failure: str | None, warmup: float, http: str, max_in_flight: int
 ) -> dict[str, Any]:
+    """``failure``: None, "throttled" (group 0's real quota is 1/s) or "fatal" (the endpoint does not know group 0)."""
+    failing = failure is not None
     tag = uuid.uuid4().hex[:6]
     per_route = int(QUOTA * 10 * (warmup + window + 10))  # more than can drain during warm-up + window
     topics = {f"{kind}-{group(i)}-{tag}": 2 for i in range(groups) for kind in ("items", "users")}
     await create_topics(bootstrap, {**topics, f"dlq-{tag}": 1})
     await produce(bootstrap, backlog(tag, groups, per_route))
     with tempfile.TemporaryDirectory() as folder:
-        config = emulator_yaml(Path(folder), groups)
+        config = emulator_yaml(Path(folder), groups, unknown=FAILING if failure == "fatal" else None)
         args = ["--put-users-rate", str(QUOTA)]
         with emulator_process(*args, config=config) as endpoint:
-            if failing:
+            if failure == "throttled":
                 from ingestor.emulator.client import EmulatorClient
 
                 async with EmulatorClient(endpoint.url) as client:
@@ -145,6 +151,7 @@ async def scenario(
             await asyncio.sleep(window)
             after, t1 = await emulator_stats(endpoint.url), time.monotonic()
             cpu = time.process_time() - cpu0
+            held = len(service.pipeline.held_datasets) if service.pipeline is not None else 0
             sampler.cancel()
             service.stop_requested.set()
             await run
@@ -158,7 +165,7 @@ async def scenario(
             b = before["by_group"].get(g, {}).get(api, {"calls": {}, "records": 0})
             ok = a["calls"].get("ok", 0) - b["calls"].get("ok", 0)
             thr = a["calls"].get("throttled", 0) - b["calls"].get("throttled", 0)
-            quota = 1.0 if failing and g == FAILING else QUOTA
+            quota = 1.0 if failure == "throttled" and g == FAILING else QUOTA
             shares[f"{g}/{api}"] = 100 * ok / elapsed / quota
             if not (failing and g == FAILING):
                 throttled += thr
@@ -175,9 +182,16 @@ async def scenario(
         "cpu_share_of_one_core": cpu / elapsed,
         "peak_rss_mb": peak[0],
         "shares": shares,
+        "datasets_held": held,
     }
-    if failing:
+    if failure == "throttled":
         out["failing_group_quota_pct"] = statistics.fmean(shares[f"{FAILING}/{api}"] for api in APIS)
+    if failure == "fatal":  # its probe calls in the window (one per fatal_retry_s and dataset at most)
+        out["failing_group_calls"] = sum(
+            sum(after["by_group"].get(FAILING, {}).get(api, {"calls": {}})["calls"].values())
+            - sum(before["by_group"].get(FAILING, {}).get(api, {"calls": {}})["calls"].values())
+            for api in APIS
+        )
     return out
 
 
@@ -185,16 +199,17 @@ async def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR)
     broker = EmbeddedBroker().start()
     try:
-        healthy = await scenario(
-            broker.bootstrap_servers, args.groups, args.window, False, args.warmup, args.http, args.max_in_flight
-        )
-        failing = await scenario(
-            broker.bootstrap_servers, args.groups, args.window, True, args.warmup, args.http, args.max_in_flight
-        )
+        healthy, failing, fatal = [
+            await scenario(
+                broker.bootstrap_servers, args.groups, args.window, failure, args.warmup, args.http, args.max_in_flight
+            )
+            for failure in (None, "throttled", "fatal")
+        ]
     finally:
         broker.stop()
     rows = []
-    for name, r in (("all healthy", healthy), ("group 0 throttled hard", failing)):
+    scenarios = (("all healthy", healthy), ("group 0 throttled hard", failing), ("group 0 fatal (held)", fatal))
+    for name, r in scenarios:
         rows += [
             (f"{name}: min share of quota (healthy groups)", f"{r['min_quota_pct']:.1f} %", "≥ 95 %"),
             (f"{name}: median share of quota", f"{r['median_quota_pct']:.1f} %", ""),
@@ -205,10 +220,12 @@ async def main(args: argparse.Namespace) -> int:
             (f"{name}: CPU used (share of one core)", f"{r['cpu_share_of_one_core']:.2f}", ""),
             (f"{name}: peak RSS", f"{r['peak_rss_mb']:.0f} MB", "< 250 MB"),
         ]
-    rows.append(
-        ("group 0 (real quota 1/s): share of its real quota", f"{failing['failing_group_quota_pct']:.0f} %", "")
-    )
-    met = all(r["min_quota_pct"] >= 95 and r["peak_rss_mb"] < 250 for r in (healthy, failing))
+    rows += [
+        ("group 0 (real quota 1/s): share of its real quota", f"{failing['failing_group_quota_pct']:.0f} %", ""),
+        ("group 0 fatal: datasets held at the end", str(fatal["datasets_held"]), "2"),
+        ("group 0 fatal: its calls in the window (probes)", str(fatal["failing_group_calls"]), ""),
+    ]
+    met = fatal["datasets_held"] == 2 and all(r["min_quota_pct"] >= 95 and r["peak_rss_mb"] < 250 for _, r in scenarios)
     report(
         f"bench_groups: {args.groups} dataset groups ({2 * args.groups} routes), quota on, window {args.window:g} s, "
         f"http: {args.http}, max_in_flight {args.max_in_flight}",
@@ -219,6 +236,7 @@ async def main(args: argparse.Namespace) -> int:
             "max_in_flight": args.max_in_flight,
             "healthy": healthy,
             "one_failing": failing,
+            "one_fatal": fatal,
             "targets_met": met,
         },
         args.json,

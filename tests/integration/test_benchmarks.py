@@ -59,9 +59,10 @@ def test_bench_latency_quick(tmp_path: Path) -> None:
 
 def test_bench_groups_quick(tmp_path: Path) -> None:
     f = run_quick("bench_groups", tmp_path)
-    for scenario in ("healthy", "one_failing"):
+    for scenario in ("healthy", "one_failing", "one_fatal"):
         r = f[scenario]
         assert r["min_quota_pct"] > 0  # no group starved entirely
         assert 1 <= r["records_per_call"] <= 10
         assert 0 < r["peak_rss_mb"] < 2000
     assert len(f["healthy"]["shares"]) == 2 * f["groups"]
+    assert f["one_fatal"]["datasets_held"] == 2  # group 0's two datasets held, the others streamed
