@@ -114,7 +114,16 @@ async def direct_client(settings: Settings, session: Any, client: Any) -> Direct
         max_connections=p.max_in_flight,
         connect_timeout_s=p.connect_timeout_s,
         read_timeout_s=p.read_timeout_s,
+        ca_bundle=_ca_bundle(session),
     )
+
+
+def _ca_bundle(session: Any) -> str | None:
+    """botocore's ``ca_bundle`` setting (AWS_CA_BUNDLE, or ca_bundle in the AWS config file), as the SDK client uses."""
+    inner = getattr(session, "_session", None)  # aioboto3.Session → its aiobotocore session
+    get = getattr(inner, "get_config_variable", None)
+    value = get("ca_bundle") if callable(get) else None
+    return value if isinstance(value, str) and value else None
 
 
 class Service:
@@ -207,7 +216,11 @@ class Service:
             session = personalize_session(s)
             async with personalize_client(s, session) as client:
                 reuse_user_agent(client)
-                direct = await direct_client(s, session, client) if s.personalize.http == "direct" else None
+                try:
+                    direct = await direct_client(s, session, client) if s.personalize.http == "direct" else None
+                except ConfigError as exc:
+                    log.error("%s", exc)
+                    return EXIT_CONFIG
                 control = await self._control.enter_async_context(control_plane(s))
                 if not await self._resolve_schemas(control):  # before Kafka: a bad route fails start-up at once
                     if direct is not None:

@@ -12,13 +12,16 @@ Errors come back as botocore's ``ClientError`` with the same ``Error.Code`` / ``
 botocore's rest-json parser would give (code from ``x-amzn-ErrorType``, else the body), and missing credentials as
 ``NoCredentialsError``, so the sender classifies every outcome exactly as with the SDK client.
 
-Not carried over from botocore: its proxy *config* (``proxies`` in the client config; the environment variables
-are honoured) and a custom CA bundle (``AWS_CA_BUNDLE``); TLS uses the system's trust store.
+Carried over from botocore: the endpoint (resolved once by the SDK client: region, FIPS, dual-stack), the
+credentials chain, the proxy environment variables (``HTTP(S)_PROXY``, ``NO_PROXY``) and a custom CA bundle
+(``AWS_CA_BUNDLE`` or ``ca_bundle`` in the AWS config file; without one, the system's trust store). Not carried over:
+botocore's ``proxies`` *client config*, which the ingestor never sets.
 """
 
 from __future__ import annotations
 
 import datetime
+import ssl
 from typing import Any
 
 import aiohttp
@@ -28,6 +31,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, NoCredentialsError
 from yarl import URL
+
+from ingestor.errors import ConfigError
 
 USER_AGENT = "personalize-ingestor/direct"
 _PATHS = {"PutItems": "/items", "PutUsers": "/users", "PutEvents": "/events"}
@@ -46,9 +51,11 @@ class DirectPersonalizeClient:
         max_connections: int = 16,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
+        ca_bundle: str | None = None,
     ) -> None:
         """``credentials``: botocore / aiobotocore credentials (possibly refreshable), or None (then every call
-        raises NoCredentialsError, as the SDK does)."""
+        raises NoCredentialsError, as the SDK does). ``ca_bundle``: a PEM file of CAs to trust instead of the
+        system's (botocore's ``ca_bundle`` setting)."""
         self._base = endpoint_url.rstrip("/")
         self._region = region
         self._credentials = credentials
@@ -57,6 +64,15 @@ class DirectPersonalizeClient:
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s, sock_read=read_timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._proxy: tuple[URL | None, aiohttp.BasicAuth | None] = (None, None)
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_bundle:
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"the CA bundle {ca_bundle!r} (AWS_CA_BUNDLE, or ca_bundle in the AWS config file) cannot be "
+                    f"loaded: {exc}; point it at a readable PEM file of CA certificates, or unset it"
+                ) from exc
 
     async def put_items(self, **kwargs: Any) -> dict[str, Any]:
         return await self._post("PutItems", kwargs)
@@ -85,7 +101,7 @@ class DirectPersonalizeClient:
         )
         SigV4Auth(frozen, self._signing_name, self._region).add_auth(request)
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._limit)
+            connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
             self._proxy = _env_proxy(self._base)
         proxy, proxy_auth = self._proxy

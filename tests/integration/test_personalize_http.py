@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aioboto3
+import aiohttp
 import pytest
 from aiohttp import web
 from botocore.auth import SigV4Auth
@@ -13,6 +18,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, NoCredentialsError
 
+from ingestor.errors import ConfigError
 from ingestor.personalize_http import DirectPersonalizeClient
 
 pytestmark = pytest.mark.integration
@@ -170,3 +176,92 @@ def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("NO_PROXY", "amazonaws.com")
     assert _env_proxy("https://personalize-events.us-east-1.amazonaws.com") == (None, None)
     assert _env_proxy("http://127.0.0.1:8099") == (None, None)  # no HTTP_PROXY for plain http
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, server.pem, server.key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key: Any, issuer: str, signer: Any, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("ingestor test CA", ca_key, "ingestor test CA", ca_key, ca=True)
+    server_cert = cert("127.0.0.1", server_key, "ingestor test CA", ca_key, ca=False)
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+async def test_a_custom_ca_bundle_is_trusted_as_botocore_trusts_it(tmp_path: Path, unused_tcp_port: int) -> None:
+    """AWS_CA_BUNDLE / ca_bundle (an endpoint behind a TLS-inspecting proxy or a private CA): trusted with it,
+    refused without it."""
+    ca, server_cert, server_key = _tls_files(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(server_cert, server_key)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/items", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port, ssl_context=server_tls).start()
+    url = f"https://127.0.0.1:{unused_tcp_port}"
+    trusting = DirectPersonalizeClient(url, "us-east-1", CREDS, ca_bundle=str(ca))
+    default = DirectPersonalizeClient(url, "us-east-1", CREDS)
+    try:
+        assert await trusting.put_items(datasetArn=ITEMS, items=[ITEM]) == {}
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await default.put_items(datasetArn=ITEMS, items=[ITEM])
+    finally:
+        await trusting.aclose()
+        await default.aclose()
+        await runner.cleanup()
+
+
+def test_an_unreadable_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError, match=r"AWS_CA_BUNDLE.*nope\.pem|nope\.pem.*AWS_CA_BUNDLE"):
+        DirectPersonalizeClient("https://127.0.0.1:1", "us-east-1", CREDS, ca_bundle=str(missing))
+
+
+def test_the_ca_bundle_is_botocores_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ingestor.app import _ca_bundle, personalize_session
+    from ingestor.config import Settings
+
+    schema = Path(__file__).parents[2] / "config/schemas/items.avsc"
+    settings = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        routes=[{"topic": "t", "kind": "items", "dataset_arn": ITEMS, "schema": schema}],
+    )
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "corp-ca.pem"))
+    assert _ca_bundle(personalize_session(settings)) == str(tmp_path / "corp-ca.pem")
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert _ca_bundle(personalize_session(settings)) is None
