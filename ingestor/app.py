@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -471,6 +471,26 @@ def quota_share(settings: Settings, pipeline: Pipeline, source: KafkaSource, met
     if qs.mode != "demand":
         return None
     member = member_id(settings.kafka.client_id)
+    share = QuotaShare(
+        qs,
+        pipeline.limiters,
+        KafkaHeartbeatBus(settings, client_id=f"{settings.kafka.client_id}-quota"),
+        demand_probe(pipeline, source, metrics),
+        member=member,
+        max_records=settings.batching.max_records,
+        metrics=metrics,
+    )
+    source.quota_listener = share.assigned
+    return share
+
+
+class _Backlog(Protocol):
+    def backlog(self, topics: list[str]) -> int | None: ...
+
+
+def demand_probe(pipeline: Pipeline, source: _Backlog, metrics: Metrics) -> Callable[[], dict[tuple[str, str], Load]]:
+    """Each quota's load on this member (its backlog and intake), for quota sharing. A dataset held by a fatal error
+    can use no quota (one probe call every fatal_retry_s): its backlog asks for none, so the others get its share."""
     topics = pipeline.limiter_topics
 
     def probe() -> dict[tuple[str, str], Load]:
@@ -480,19 +500,13 @@ def quota_share(settings: Settings, pipeline: Pipeline, source: KafkaSource, met
             for s in m.samples
             if s.name.endswith("_total")
         }
-        return {key: Load(source.backlog(ts), sum(consumed.get(t, 0.0) for t in ts)) for key, ts in topics.items()}
+        held = pipeline.fatal_topics()
+        return {
+            key: Load(source.backlog([t for t in ts if t not in held]), sum(consumed.get(t, 0.0) for t in ts))
+            for key, ts in topics.items()
+        }
 
-    share = QuotaShare(
-        qs,
-        pipeline.limiters,
-        KafkaHeartbeatBus(settings, client_id=f"{settings.kafka.client_id}-quota"),
-        probe,
-        member=member,
-        max_records=settings.batching.max_records,
-        metrics=metrics,
-    )
-    source.quota_listener = share.assigned
-    return share
+    return probe
 
 
 async def serve(settings: Settings) -> int:

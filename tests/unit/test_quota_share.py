@@ -407,3 +407,47 @@ def test_a_ttl_shorter_than_two_heartbeats_fails_at_start_naming_the_key() -> No
 
     with pytest.raises(ConfigError, match=r"personalize\.quota_sharing.*ttl_s"):
         Settings.load(CONFIG_FILE, personalize={"quota_sharing": {"heartbeat_interval_s": 2, "ttl_s": 3}})
+
+
+def test_a_dataset_held_by_a_fatal_error_asks_for_no_quota() -> None:
+    """Its backlog cannot be sent (one probe call every fatal_retry_s): counting it would keep the group's quota
+    with this member while a replica that can use it waits."""
+    from ingestor.app import demand_probe
+    from ingestor.config import Settings
+    from ingestor.errors import FatalRouteError
+    from ingestor.pipeline import Pipeline
+    from ingestor.sender import Sender
+    from tests.fakes import FakePersonalize, FakeProducer
+
+    config = Path(__file__).parents[2] / "config"
+    arn = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/{}"
+    settings = Settings(
+        kafka={"dead_letter_topic": "dlq"},
+        routes=[
+            {
+                "topic": "items",
+                "kind": "items",
+                "dataset_arn": arn.format("ITEMS"),
+                "schema": config / "schemas/items.avsc",
+            },
+            {
+                "topic": "users",
+                "kind": "users",
+                "dataset_arn": arn.format("USERS"),
+                "schema": config / "schemas/users.avsc",
+            },
+        ],
+    )
+    metrics = Metrics()
+    pipeline = Pipeline(
+        settings, Sender(FakePersonalize(), metrics, settings.personalize.retry), FakeProducer(), metrics
+    )
+
+    class Source:
+        def backlog(self, topics: list[str]) -> int:
+            return 500 * len(topics)
+
+    probe = demand_probe(pipeline, Source(), metrics)
+    assert probe() == {("shop", "PutItems"): Load(500, 0.0), ("shop", "PutUsers"): Load(500, 0.0)}
+    next(ds for ds in pipeline.datasets if ds.target.api == "PutItems").fatal = FatalRouteError("no such dataset")
+    assert probe() == {("shop", "PutItems"): Load(0, 0.0), ("shop", "PutUsers"): Load(500, 0.0)}
