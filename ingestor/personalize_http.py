@@ -123,7 +123,11 @@ def _parsed_output(raw: bytes) -> dict[str, Any]:
 
 
 def _unix_time(value: Any) -> Any:
-    return value.timestamp() if isinstance(value, datetime.datetime) else value
+    """Whole seconds, as botocore serialises a rest-json timestamp at its default precision (an int in the body)."""
+    if isinstance(value, datetime.datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+        return int(aware.timestamp())
+    return value
 
 
 def _env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:

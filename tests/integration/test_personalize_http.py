@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,28 @@ async def test_put_events_sends_what_the_sdk_sends(direct: DirectPersonalizeClie
     assert {k: v for k, v in sdk_event.items() if k not in own} == {
         k: v for k, v in direct_event.items() if k not in own
     }
-    assert direct_event["sentAt"] == sent_at.timestamp()
+    assert direct_event["sentAt"] == int(sent_at.timestamp()) and isinstance(direct_event["sentAt"], int)
+
+
+def test_sent_at_is_whole_seconds_as_botocore_serialises_it() -> None:
+    """botocore writes a rest-json timestamp as an int (its default precision drops the fraction); 1700000000.0 in
+    the body would be a different value to anything comparing the JSON."""
+    from botocore.serialize import create_serializer
+    from botocore.session import get_session
+
+    from ingestor.personalize_http import _unix_time
+
+    model = get_session().get_service_model("personalize-events").operation_model("PutEvents")
+    serializer = create_serializer("rest-json", include_validation=False)
+    for sent_at in (
+        datetime.datetime(2023, 11, 14, 22, 13, 20, 987654, tzinfo=datetime.UTC),
+        datetime.datetime(2023, 11, 14, 22, 13, 20),  # naive: UTC, as botocore reads it
+        datetime.datetime(2023, 11, 14, 23, 13, 20, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+    ):
+        params = {"trackingId": "t", "sessionId": "s", "eventList": [{"eventType": "click", "sentAt": sent_at}]}
+        body = json.loads(serializer.serialize_to_request(params, model)["body"])
+        assert _unix_time(sent_at) == body["eventList"][0]["sentAt"] == 1700000000
+        assert type(_unix_time(sent_at)) is type(body["eventList"][0]["sentAt"])
 
 
 def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
