@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -176,9 +176,9 @@ class KafkaSource:
         total = self.pipeline.buffered
         waiting: AbstractSet[TopicPartition] = self.pipeline.held.partitions
         stuck = 0  # records of datasets held by a fatal error: not done before the dataset is released
+        pending = self.pipeline.tracker.pending_by_partition()  # once per poll: also the fair shares' input
         if fatal_topics := self.pipeline.fatal_topics():
             stuck = self.pipeline.waiting_on_fatal
-            pending = self.pipeline.tracker.pending_by_partition()
             waiting = {*waiting, *(tp for tp, n in pending.items() if n and tp.topic in fatal_topics)}
         if total >= limit:
             self._full = True
@@ -190,7 +190,7 @@ class KafkaSource:
         else:
             self._full = False
             assigned = self.assignment()
-            over = self._over_fair_share(assigned, limit)
+            over = self._over_fair_share(assigned, limit, pending)
             readable = assigned - over - waiting
             if readable:
                 self._readable = readable
@@ -202,7 +202,9 @@ class KafkaSource:
         self.metrics.paused_partitions.set(len(self._paused))
         return limit - total
 
-    def _over_fair_share(self, assigned: set[TopicPartition], limit: int) -> set[TopicPartition]:
+    def _over_fair_share(
+        self, assigned: set[TopicPartition], limit: int, pending: Mapping[TopicPartition, int]
+    ) -> set[TopicPartition]:
         """Partitions holding their fair share of the bound (``FAIR_FILL`` of ``limit`` ÷ assigned partitions) or
         more: not read until they fall below ``RESUME_BELOW`` of it. Without this the partitions that happen to fetch
         first fill the whole bound and the others — other datasets, other dataset groups — get nothing until it
@@ -212,7 +214,6 @@ class KafkaSource:
         pauses every partition, and the refetch after it left some datasets with nothing to send (20 dataset groups
         got 84-99 % of their quotas instead of 99 %)."""
         fair = self._fair = max(MIN_FAIR_SHARE, int(limit * FAIR_FILL) // max(1, len(assigned)))
-        pending = self.pipeline.tracker.pending_by_partition()
         over = {
             tp
             for tp, n in pending.items()
