@@ -129,8 +129,10 @@ async def main(a: argparse.Namespace) -> int:
                 if a.max_buffered:
                     settings["batching"] = {"max_buffered_records": a.max_buffered}
                 cfg.write_text(yaml.safe_dump(settings))
+                wrap = ["-m", "memray", "run", "--native", "-f", "-o", a.memray] if a.memray else []
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
+                    *wrap,
                     "-m",
                     "ingestor.cli",
                     "run",
@@ -193,5 +195,6 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-buffered", type=int, default=0, help="batching.max_buffered_records (default: the service's)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the ingestor's process")
+    p.add_argument("--memray", metavar="FILE", help="record the service's allocations (native too) with memray")
     p.add_argument("--no-quotas", action="store_true", help="let the endpoint take calls as fast as they come")
     sys.exit(asyncio.run(main(p.parse_args())))

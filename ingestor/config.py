@@ -285,7 +285,7 @@ class Route(_Frozen):
 class BatchingSettings(_Frozen):
     max_records: int = Field(10, ge=1, le=10, description="records per PutItems/PutUsers call (the API allows 10)")
     linger_ms: int = Field(50, ge=0)
-    max_buffered_records: int = Field(10_000, ge=10, description="at this, every partition is paused")
+    max_buffered_records: int = Field(10_000, ge=10, description="at this, no partition is read (backpressure)")
 
 
 class MetricsSettings(_Frozen):

@@ -74,7 +74,7 @@ class Metrics:
         )
         self.paused_partitions = Gauge(
             "ingestor_paused_partitions",
-            "Partitions paused by backpressure (buffer at its bound, or records waiting for a writer schema).",
+            "Partitions not read: all at the buffer bound, else the paused ones (held, waiting for a schema).",
             registry=r,
         )
         self.committed_offset = Gauge(

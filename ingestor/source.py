@@ -1,8 +1,15 @@
-"""The Kafka side: one consumer group member, batched fetches, backpressure by pausing, safe commits.
+"""The Kafka side: one consumer group member, batched fetches, backpressure, safe commits.
+
+Backpressure leaves partitions out of ``getmany`` (their prefetched batch waits in aiokafka, which fetches nothing
+more for them meanwhile); only partitions held for long (a dataset held by a fatal error or the bulk catch-up,
+records waiting for a writer schema) are paused. A pause drops aiokafka's prefetched batch, and a dropped batch is
+cyclic garbage (aiokafka's record iterator refers back to its owner) that only a full collection frees: pausing
+every partition at the bound, as this did before, kept ~30 MB of dropped fetches alive between collections.
 
 Guards against aiokafka's traps (see shared/design/pitfalls.md): commits always pass explicit offsets filtered by the
 current assignment and run under a timeout; ``CommitFailedError`` is not retried; pauses are re-applied after a
-rebalance; ``getmany`` is called steadily so the member never exceeds ``max_poll_interval_ms``.
+rebalance; ``getmany`` is called at least every quarter of ``max_poll_interval_ms`` so the member stays in the group
+while nothing may be read.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ RESUME_BELOW = 0.75  # resume paused partitions once buffered records fall below
 MIN_FAIR_SHARE = 50  # records a partition may always buffer, however many partitions share the bound
 FAIR_FILL = 0.75  # the partitions' fair shares add up to this much of the bound (the rest absorbs one fetch each)
 FETCH_SHARE = 4  # one getmany takes at most a quarter of a fair share
+IDLE_WAIT_S = 0.05  # while nothing may be read: how often the bound is looked at again
+KEEPALIVE_SHARE = 4  # while nothing may be read, getmany still runs every max_poll_interval_ms ÷ this
 
 
 def _ours(tp: KafkaTP) -> TopicPartition:
@@ -91,10 +100,11 @@ class KafkaSource:
         self._full = False  # paused at the bound, until buffered falls below RESUME_BELOW of it
         self._over: set[TopicPartition] = set()  # paused at their fair share of the bound
         self._fair = settings.batching.max_buffered_records  # one partition's fair share of the bound
-        self._readable: set[TopicPartition] = set()  # what the next getmany reads (empty: every partition)
+        self._readable: set[TopicPartition] = set()  # what the next getmany reads (none assigned: every partition)
+        self._keepalive_s = k.max_poll_interval_ms / 1000 / KEEPALIVE_SHARE
+        self._last_poll = clock()
         self._stopping = False
         self.joined = False
-        self.last_fetch_ok: float | None = None
         self.broker_ok_at: float | None = None
         self.broker_health = broker_health if broker_health is not None else BrokerHealth(metrics, clock=clock)
         # Quota sharing by demand (quota_share.py) takes the partition counts instead of a fixed partition share.
@@ -114,29 +124,45 @@ class KafkaSource:
         max_records = self.settings.kafka.fetch_max_records
         while not self._stopping:
             room = self._backpressure()
+            if not self._readable and self.consumer.assignment():
+                await self._idle()  # at the bound, or every partition at its share or held: nothing to read
+                continue
             # Never fetch more than the bound has room for: one getmany may otherwise hand over a whole
             # fetch_max_records (from several partitions' prefetched batches) on top of a nearly full buffer.
-            # At no room every partition is paused, so this returns nothing but still counts as a poll.
             # And no more than a quarter of one partition's fair share: a getmany drains one partition's fetched
             # batch first, so a partition just under its share ends at most that far over it; partitions at their
             # share are not read (their prefetched data waits in aiokafka, nothing is refetched).
+            # Before the first assignment nothing is readable yet and this reads every partition (up to the limit).
             limit = max(1, min(max_records, room, self._fair // FETCH_SHARE))
             readable = [_theirs(tp) for tp in self._readable]
-            batches = await self.consumer.getmany(*readable, timeout_ms=200, max_records=limit)
-            self.last_fetch_ok = self._clock()
-            if self._stopping:
-                break  # fetched but not ingested: not tracked, so never committed; read again later
-            for kafka_tp, records in batches.items():
-                consumed = self.metrics.records_consumed.labels(kafka_tp.topic)
-                for r in records:
-                    self.pipeline.ingest(
-                        SourceRecord(
-                            r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp
-                        )
-                    )
-                consumed.inc(len(records))
-            self.metrics.buffered.set(self.pipeline.buffered)
-            await asyncio.sleep(0)
+            await self._fetch(readable, timeout_ms=200, max_records=limit)
+
+    async def _idle(self) -> None:
+        """Nothing may be read: wait a little, but call ``getmany`` every ``max_poll_interval_ms`` ÷ 4 (aiokafka
+        leaves the group after that long without one) for at most one record of the partition holding the fewest —
+        one record over the bound at worst, and unlike pausing every partition it drops no prefetched batch."""
+        if self._clock() - self._last_poll < self._keepalive_s:
+            await asyncio.sleep(IDLE_WAIT_S)
+            return
+        pending = self.pipeline.tracker.pending_by_partition()
+        candidates = self.assignment() - self._paused or self.assignment()
+        tp = min(candidates, key=lambda t: (pending.get(t, 0), t))
+        await self._fetch([_theirs(tp)], timeout_ms=0, max_records=1)
+
+    async def _fetch(self, partitions: list[KafkaTP], *, timeout_ms: int, max_records: int) -> None:
+        batches = await self.consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+        self._last_poll = self._clock()
+        if self._stopping:
+            return  # fetched but not ingested: not tracked, so never committed; read again later
+        for kafka_tp, records in batches.items():
+            consumed = self.metrics.records_consumed.labels(kafka_tp.topic)
+            for r in records:
+                self.pipeline.ingest(
+                    SourceRecord(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()), r.timestamp)
+                )
+            consumed.inc(len(records))
+        self.metrics.buffered.set(self.pipeline.buffered)
+        await asyncio.sleep(0)
 
     def hold(self, partitions: set[TopicPartition]) -> None:
         """Stop fetching these (assigned) partitions until ``release`` (bulk catch-up)."""
@@ -160,17 +186,19 @@ class KafkaSource:
         self._stopping = True
 
     def _backpressure(self) -> int:
-        """Pause or resume fetching; returns how many more records the bound has room for now.
+        """Choose what the next fetch reads and pause or resume held partitions; returns how many more records the
+        bound has room for now.
 
-        At the bound every assigned partition is paused (pausing only the busiest let the others go on fetching,
-        and their prefetched batches arrived on top), and aiokafka drops the paused partitions' prefetched data.
-        Below ``RESUME_BELOW`` of the bound all are resumed together; the caller caps each fetch to the room left,
-        so resuming every partition at once cannot overshoot either. A partition with records waiting for their
-        writer schema stays paused until they are released: all it fetched would only be held behind them, and
-        held records count as buffered, so it alone would fill the bound and stop every partition. The same goes for
-        a partition with records of a dataset held by a fatal error (``personalize.on_fatal: hold``) until the
-        dataset is released; and as those records are never done meanwhile, the hysteresis counts only the rest of
-        the bound (else a held dataset holding a quarter of it would keep every partition paused for good).
+        At the bound no partition is read (each keeps at most its one prefetched batch in aiokafka, which fetches
+        nothing more for it) until the buffer falls below ``RESUME_BELOW`` of the bound; then all are read again
+        and the caller caps each fetch to the room left, so reading every partition at once cannot overshoot either.
+        A partition with records waiting for their writer schema is paused until they are released: all it fetched
+        would only be held behind them, and held records count as buffered, so it alone would fill the bound and
+        stop every partition. The same goes for a partition with records of a dataset held by a fatal error
+        (``personalize.on_fatal: hold``) until the dataset is released; and as those records are never done
+        meanwhile, the hysteresis counts only the rest of the bound (else a held dataset holding a quarter of it
+        would keep every partition from being read for good). Held partitions are paused rather than left out:
+        they wait for long, and a pause lets aiokafka drop what it prefetched for them.
         """
         limit = self.settings.batching.max_buffered_records
         total = self.pipeline.buffered
@@ -180,26 +208,20 @@ class KafkaSource:
         if fatal_topics := self.pipeline.fatal_topics():
             stuck = self.pipeline.waiting_on_fatal
             waiting = {*waiting, *(tp for tp, n in pending.items() if n and tp.topic in fatal_topics)}
+        assigned = self.assignment()
         if total >= limit:
             self._full = True
-            assigned = self.assignment()
-            self._pause_only(assigned, assigned)
             self._readable = set()
         elif self._full and total - stuck >= (limit - stuck) * RESUME_BELOW:
-            pass  # hysteresis: stay paused until below RESUME_BELOW (of what can drain)
+            self._readable = set()  # hysteresis: nothing is read until below RESUME_BELOW (of what can drain)
         else:
             self._full = False
-            assigned = self.assignment()
             over = self._over_fair_share(assigned, limit, pending)
-            readable = assigned - over - waiting
-            if readable:
-                self._readable = readable
-                if self._paused != assigned & waiting:
-                    self._pause_only(assigned & waiting, assigned)
-            else:  # every partition at its share (or waiting): nothing to read, so stop fetching altogether
-                self._readable = set()
-                self._pause_only(assigned, assigned)
-        self.metrics.paused_partitions.set(len(self._paused))
+            self._readable = assigned - over - waiting  # empty: every partition at its share (or waiting)
+        if self._paused != assigned & waiting:
+            self._pause_only(assigned & waiting, assigned)
+        # partitions held back: all of them while nothing may be read, else the paused ones
+        self.metrics.paused_partitions.set(len(assigned) if not self._readable else len(self._paused))
         return limit - total
 
     def _over_fair_share(
@@ -308,20 +330,18 @@ class KafkaSource:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.joined = True
-        # After a rebalance every partition comes back unpaused: re-apply the pauses before any await, and pause
-        # the new partitions too while the buffer is at its bound (records of partitions kept across the rebalance
-        # may still be buffered). Partitions held by the bulk catch-up stay paused as well.
-        keep = self._paused & assigned if self._full else set()
-        if self.pipeline.buffered >= self.settings.batching.max_buffered_records:
-            keep = set(assigned)
-        self._full = bool(keep)
+        # After a rebalance every partition comes back unpaused: re-apply the pauses before any await (partitions
+        # with records waiting for a writer schema or of a dataset held by a fatal error, and those held by the bulk
+        # catch-up). What is read next is chosen again before the next fetch: nothing while the records still
+        # buffered (of partitions kept across the rebalance) hold the bound.
+        self._full = self._full and self.pipeline.buffered > 0
         self._over &= assigned
+        self._readable &= assigned
         self._paused = set()
-        self._pause_only(keep | (self.pipeline.held.partitions & assigned), assigned)
         self.held &= assigned
-        if self.held - self._paused:
-            self.consumer.pause(*(_theirs(tp) for tp in self.held - self._paused))
-        self.metrics.paused_partitions.set(len(self._paused))
+        if self.held:
+            self.consumer.pause(*(_theirs(tp) for tp in self.held))
+        self._backpressure()  # pauses the waiting ones again
         for hook in self.on_assigned_hooks:
             hook(assigned)
         counts = {key: self._partition_counts(assigned, topics) for key, topics in self.pipeline.limiter_topics.items()}

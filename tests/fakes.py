@@ -139,6 +139,8 @@ class FakeConsumer:
     positions: dict[Any, int] = field(default_factory=dict)
     prefetched: dict[Any, list[FakeRecord]] = field(default_factory=dict)
     highwaters: dict[Any, int] = field(default_factory=dict)
+    dropped: int = 0  # prefetched batches dropped by a pause (in aiokafka: garbage until a full collection)
+    fetches: list[tuple[tuple[Any, ...], int | None]] = field(default_factory=list)  # (partitions, max_records)
 
     def highwater(self, tp: Any) -> int | None:
         return self.highwaters.get(tp)
@@ -173,6 +175,7 @@ class FakeConsumer:
         assert max_records is None or max_records >= 1, "aiokafka rejects max_records < 1"
         wanted = set(partitions) or set(self.assigned)
         self.polls += 1
+        self.fetches.append((partitions, max_records))
         await asyncio.sleep(0)
         for tp in sorted(self.assigned - self.paused, key=str):  # the background prefetch
             if tp not in self.prefetched:
@@ -187,6 +190,7 @@ class FakeConsumer:
         for tp in list(self.prefetched):
             if tp in self.paused or tp not in self.assigned:
                 del self.prefetched[tp]  # dropped; fetched again from the position after resume
+                self.dropped += 1
                 continue
             if room <= 0 or tp not in wanted:
                 continue

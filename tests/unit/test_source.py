@@ -1,4 +1,4 @@
-"""The Kafka side against a fake consumer: backpressure pauses, pauses survive a rebalance, safe commits."""
+"""The Kafka side against a fake consumer: backpressure, pauses survive a rebalance, safe commits."""
 
 from __future__ import annotations
 
@@ -60,27 +60,29 @@ def value(tp: KafkaTP, offset: int) -> bytes:
     return json.dumps({"ITEM_ID": f"p{tp.partition}-{offset}", "PRICE": 1, "CREATION_TIMESTAMP": 1}).encode()
 
 
-async def test_backpressure_pauses_every_partition_at_the_bound_then_resumes_below_75_percent() -> None:
+async def test_at_the_bound_no_partition_is_read_until_below_75_percent_and_none_is_paused() -> None:
+    """Backpressure leaves partitions out of the fetch instead of pausing them: a pause drops aiokafka's prefetched
+    batch, which is cyclic garbage that only a full collection frees (and is fetched again after the resume)."""
     source, consumer, pipeline = make(max_buffered=100)
+    every = {TopicPartition(TOPIC, p) for p in range(4)}
     fill(pipeline, 0, 60)
     fill(pipeline, 1, 30)
     assert source._backpressure() == 10  # room left under the bound
-    assert consumer.paused == set()
     assert source._readable == {TopicPartition(TOPIC, p) for p in (1, 2, 3)}  # 60 ≥ its share: not read (kept)
     fill(pipeline, 2, 10)
     assert source._backpressure() == 0
-    # at the bound nothing may be fetched, so every partition is paused, not only the busiest: an unpaused one
-    # would keep fetching on top of the bound
-    assert consumer.paused == {KafkaTP(TOPIC, p) for p in range(4)}
+    assert source._readable == set()  # at the bound nothing is read, not only the busiest
     assert source.metrics.paused_partitions._value.get() == 4
     for off in range(20):
         pipeline.tracker.done(TopicPartition(TOPIC, 0), off, 0)
     source._backpressure()
-    assert len(consumer.paused) == 4  # 80 is not below 75 % of the limit: still paused (hysteresis)
+    assert source._readable == set()  # 80 is not below 75 % of the limit: still held back (hysteresis)
     for off in range(20, 30):
         pipeline.tracker.done(TopicPartition(TOPIC, 0), off, 0)
     assert source._backpressure() == 30
-    assert consumer.paused == set()  # 70 < 75: all resumed
+    assert source._readable == every  # 70 < 75: all read again (p0 holds 30, below its share of 50)
+    assert source.metrics.paused_partitions._value.get() == 0
+    assert consumer.paused == set()  # nothing was ever paused, so nothing prefetched was dropped
 
 
 async def test_the_fetch_loop_never_buffers_more_than_the_bound() -> None:
@@ -102,11 +104,12 @@ async def test_the_fetch_loop_never_buffers_more_than_the_bound() -> None:
     pipeline.start()
     loop = asyncio.create_task(source.run())
     try:
-        await wait_until(lambda: consumer.paused == consumer.assigned, timeout=10, what="every partition paused")
-        assert pipeline.buffered == 100
-        polls = consumer.polls
-        await wait_until(lambda: consumer.polls >= polls + 3, timeout=10, what="polls while paused")
-        assert pipeline.buffered == 100  # paused: polled (max_poll_interval_ms) but nothing more fetched
+        await wait_until(lambda: pipeline.buffered == 100, timeout=10, what="the buffer at its bound")
+        fetches = len(consumer.fetches)
+        for _ in range(5):  # the loop goes on, but reads nothing more
+            source._last_poll = float("inf")
+            await asyncio.sleep(0.06)
+        assert pipeline.buffered == 100 and len(consumer.fetches) == fetches
         personalize.gate.set()  # type: ignore[union-attr]
         await wait_until(lambda: len(personalize.calls) >= 150, timeout=20, what="deliveries through resumes")
     finally:
@@ -115,20 +118,57 @@ async def test_the_fetch_loop_never_buffers_more_than_the_bound() -> None:
         await pipeline.stop()
     assert sum(len(records) for _, records in personalize.calls) >= 1_000
     assert peak <= 100, f"{peak} records buffered with a bound of 100"
+    assert consumer.dropped == 0  # no prefetched batch was thrown away (and fetched again)
 
 
-async def test_pauses_are_reapplied_after_a_rebalance_for_partitions_still_owned() -> None:
+async def test_while_nothing_may_be_read_getmany_still_runs_so_the_member_stays_in_the_group() -> None:
+    """aiokafka leaves the group after max_poll_interval_ms without a getmany: at the bound the loop calls it every
+    quarter of that for at most one record of the partition holding the fewest."""
+    now = [0.0]
+    settings = Settings(
+        kafka={"dead_letter_topic": "dlq", "max_poll_interval_ms": 20_000},
+        routes=[{"topic": TOPIC, "kind": "items", "dataset_arn": ARN, "schema": CONFIG / "schemas/items.avsc"}],
+        batching={"max_buffered_records": 100, "linger_ms": 0},
+    )
+    metrics = Metrics()
+    pipeline = Pipeline(
+        settings, Sender(FakePersonalize(), metrics, settings.personalize.retry), FakeProducer(), metrics
+    )
+    consumer = FakeConsumer(assigned={KafkaTP(TOPIC, p) for p in range(4)}, prefetch=40)
+    consumer.backlog = {tp: 1_000 for tp in consumer.assigned}
+    consumer.value = value
+    source = KafkaSource(settings, pipeline, metrics, consumer=consumer, clock=lambda: now[0])  # type: ignore[arg-type]
+    fill(pipeline, 0, 40)
+    fill(pipeline, 1, 30)
+    fill(pipeline, 2, 30)  # at the bound; partition 3 holds none
+    loop = asyncio.create_task(source.run())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0.06)
+        assert consumer.fetches == []  # within the interval: nothing called
+        now[0] = 5.0  # a quarter of max_poll_interval_ms
+        await wait_until(lambda: len(consumer.fetches) == 1, timeout=5, what="the keep-alive getmany")
+        assert consumer.fetches == [((KafkaTP(TOPIC, 3),), 1)]
+        assert pipeline.buffered <= 101 and consumer.dropped == 0
+        for _ in range(5):
+            await asyncio.sleep(0.06)
+        assert len(consumer.fetches) == 1  # the next one a quarter of the interval later
+    finally:
+        source.stop_fetching()
+        await loop
+
+
+async def test_after_a_rebalance_nothing_is_read_while_kept_records_hold_the_bound() -> None:
     source, consumer, pipeline = make(max_buffered=10)
     fill(pipeline, 0, 20)
     fill(pipeline, 3, 20)
     source._backpressure()
-    assert consumer.paused == {KafkaTP(TOPIC, p) for p in range(4)}
-    # the group rebalanced: aiokafka hands partitions back unpaused; we keep partition 0 and get partition 1, and
-    # the records still buffered hold the bound: both are paused before anything is fetched
-    consumer.paused.clear()
+    assert source._readable == set()
+    # the group rebalanced: we keep partition 0 and get partition 1, and the records still buffered hold the
+    # bound: neither is read
     consumer.assigned = {KafkaTP(TOPIC, 0), KafkaTP(TOPIC, 1)}
     await source.on_assigned({TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)})
-    assert consumer.paused == {KafkaTP(TOPIC, 0), KafkaTP(TOPIC, 1)}
+    assert source._readable == set() and consumer.paused == set()
     assert source.metrics.paused_partitions._value.get() == 2
     limiter = next(iter(pipeline.limiters.values()))
     assert limiter.rate == pytest.approx(10.0 * 2 / 4)  # quota share = 2 of the topic's 4 partitions
@@ -138,13 +178,13 @@ async def test_after_a_rebalance_that_emptied_the_buffer_nothing_stays_paused() 
     source, consumer, pipeline = make(max_buffered=10)
     fill(pipeline, 0, 20)
     source._backpressure()
-    assert len(consumer.paused) == 4
+    assert source._readable == set()
     await source.on_revoked({TopicPartition(TOPIC, p) for p in range(4)})  # eager: everything revoked, dropped
     assert pipeline.buffered == 0
-    consumer.paused.clear()
     await source.on_assigned({TopicPartition(TOPIC, p) for p in range(4)})
     assert consumer.paused == set()
     assert source._backpressure() == 10
+    assert source._readable == {TopicPartition(TOPIC, p) for p in range(4)}
 
 
 async def test_commit_passes_explicit_offsets_of_owned_partitions_only() -> None:
@@ -340,7 +380,11 @@ async def test_a_dataset_held_by_a_fatal_error_does_not_keep_the_others_paused()
     for off in range(25):
         pipeline.ingest(SourceRecord(USERS_TOPIC, 0, off, None, user_value(KafkaTP(USERS_TOPIC, 0), off)))
     assert source._backpressure() == 0
-    assert consumer.paused == consumer.assigned  # at the bound: everything paused
+    assert source._readable == set()  # at the bound: nothing read
+    assert consumer.paused == {KafkaTP(tp.topic, tp.partition) for tp in items}  # held: paused
+    consumer.paused.clear()  # a rebalance hands every partition back unpaused: the held ones are paused again
+    await source.on_assigned({*items, users})
+    assert consumer.paused == {KafkaTP(tp.topic, tp.partition) for tp in items}
     for off in range(10):
         pipeline.tracker.done(users, off, 0)
     assert source._backpressure() == 10  # 15 of the users' 25 left: below 75 % of what can drain
