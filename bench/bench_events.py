@@ -1,8 +1,10 @@
 """Interactions benchmark: events/s through an interactions route with the quota off, and the CPU cost per call.
 
-The pipeline (decode → event builder → events buffer → sender) runs in this process with the real aioboto3 client
-(SigV4 signing, HTTP); the local endpoint runs in a subprocess (`ingestor emulator --no-quotas`), so this process's
-CPU time is the ingestor's own cost. Two stream shapes bound the throughput:
+The pipeline (decode → event builder → events buffer → sender) runs in this process with the service's own
+Personalize client, built as `ingestor run` builds it: `personalize.http: direct` (the default: one SigV4-signed
+rest-json POST per call, ingestor/personalize_http.py) and, as a second set of lines, `http: sdk` (aioboto3); the
+local endpoint runs in a subprocess (`ingestor emulator --no-quotas`), so this process's CPU time is the ingestor's
+own cost. Two stream shapes bound the throughput:
 
 * dense: few users with many events each → calls of 10 events (one user and session per call);
 * sparse: every event from another user → calls of 1 event (PutEvents carries one user per call).
@@ -10,13 +12,14 @@ CPU time is the ingestor's own cost. Two stream shapes bound the throughput:
 A third line runs the dense stream against an in-memory client (no signing, no HTTP): the pipeline's own cost.
 Kafka is left out (bench_pipeline.py and bench_memory.py cover the fetch side).
 
-    .venv/bin/python bench/bench_events.py [--events 20000]
+    .venv/bin/python bench/bench_events.py [--events 20000] [--http direct|sdk|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -24,12 +27,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ingestor.app import personalize_client
+from ingestor.app import direct_client, personalize_client, personalize_session, reuse_user_agent
 from ingestor.config import Settings
 from ingestor.metrics import Metrics
 from ingestor.model import SourceRecord
@@ -63,10 +67,11 @@ def values(n: int, users: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def settings(endpoint: str) -> Settings:
+def settings(endpoint: str, http: Literal["direct", "sdk"] = "direct") -> Settings:
     return Settings(
         kafka={"dead_letter_topic": "dlq"},
         personalize={
+            "http": http,
             "endpoint_url": endpoint,
             "aws_access_key_id": "bench",
             "aws_secret_access_key": "bench",
@@ -84,6 +89,22 @@ def settings(endpoint: str) -> Settings:
         ],
         batching={"linger_ms": 5, "max_buffered_records": 10**7},
     )
+
+
+@contextlib.asynccontextmanager
+async def service_client(s: Settings) -> AsyncIterator[Any]:
+    """The Personalize client exactly as ``ingestor run`` builds it for ``s.personalize.http``."""
+    session = personalize_session(s)
+    async with personalize_client(s, session) as client:
+        reuse_user_agent(client)
+        if s.personalize.http == "sdk":
+            yield client
+            return
+        direct = await direct_client(s, session, client)
+        try:
+            yield direct
+        finally:
+            await direct.aclose()
 
 
 async def run(client: Any, s: Settings, records: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
@@ -130,21 +151,24 @@ def start_endpoint(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the local endpoint did not start")
 
 
-async def main(n: int) -> None:
+async def main(n: int, clients: list[Literal["direct", "sdk"]]) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = start_endpoint(port)
     try:
-        s = settings(endpoint)
         print(f"{'stream':<48}{'events/s':>10}{'calls/s':>10}{'ev/call':>9}{'CPU ms/call':>13}{'events/CPU-s':>14}")
-        async with personalize_client(s) as client:
-            await run(client, s, values(200, 20))  # warm-up: connections, credentials, botocore's model
-            for label, users, count in [
-                ("dense (20 users): PutEvents via SDK + endpoint", 20, n),
-                ("sparse (1 event/user): PutEvents via SDK", n, n // 4),
-            ]:
-                ev_s, calls_s, cpu = await run(client, s, values(count, users))
-                print(line(label, ev_s, calls_s, cpu))
+        for http in clients:
+            s = settings(endpoint, http)
+            name = "http: direct (default)" if http == "direct" else "http: sdk (aioboto3)"
+            async with service_client(s) as client:
+                await run(client, s, values(200, 20))  # warm-up: connections, credentials, botocore's model
+                for label, users, count in [
+                    (f"dense (20 users), {name}", 20, n),
+                    (f"sparse (1 event/user), {name}", n, n // 4),
+                ]:
+                    ev_s, calls_s, cpu = await run(client, s, values(count, users))
+                    print(line(label, ev_s, calls_s, cpu))
+        s = settings(endpoint)
         ev_s, calls_s, cpu = await run(InstantPersonalize(), s, values(n, 20))
         label = "dense, in-memory client (no signing, no HTTP)"
         print(line(label, ev_s, calls_s, cpu))
@@ -157,4 +181,11 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=20_000)
-    asyncio.run(main(p.parse_args().events))
+    p.add_argument(
+        "--http",
+        choices=["direct", "sdk", "both"],
+        default="both",
+        help="which Personalize client to measure (default: both, the default client first)",
+    )
+    args = p.parse_args()
+    asyncio.run(main(args.events, ["direct", "sdk"] if args.http == "both" else [args.http]))

@@ -314,6 +314,7 @@ class Service:
             producer,
             self.metrics,
             schemas={topic: r.schema for topic, r in self.schemas.items()},
+            events={topic: r.events for topic, r in self.schemas.items() if r.events is not None},
         )
         pipeline.on_failure = self.stop_requested.set
         self.schema_watch = SchemaWatch(control, self.schemas, s)
@@ -595,7 +596,8 @@ def describe(settings: Settings, resolved: dict[str, ResolvedSchema] | None = No
         schema = resolved[r.topic].schema if resolved else r.load_schema()
         fields = ", ".join(f.name for f in schema.fields)
         if r.kind == "interactions":
-            events = r.event_builder()
+            events = resolved[r.topic].events if resolved else None
+            events = events or r.event_builder()
             attributes = ", ".join(events.attributes)
             fields = f"event attributes: {attributes}; properties: {fields or '-'}"
             fields += f"; tracking_id {r.tracking_id}, sessionId else {r.session_id}, TIMESTAMP in {r.timestamp_unit}"

@@ -252,8 +252,6 @@ class Route(_Frozen):
             raise ValueError(f"tracking_id is for interactions routes only; this route is kind {self.kind}")
         if self.kind == "interactions" and self.format == "avro":
             raise ValueError("interactions routes read JSON values; format avro is for items and users routes")
-        if self.kind == "interactions" and self.schema_path is None:
-            raise ValueError("interactions routes need their schema file (schema: interactions.avsc)")
         return self
 
     @property
@@ -276,9 +274,13 @@ class Route(_Frozen):
             raise ConfigError(f"routes[{self.topic}].schema is not set: the dataset's schema is fetched at start")
         return DatasetSchema.load(self.schema_path, self.dataset_kind)
 
-    def event_builder(self) -> EventBuilder:
-        """Interactions routes: the schema compiled into the PutEvents event builder."""
-        assert self.schema_path is not None  # checked for interactions routes
+    def event_builder(self, avro: str | None = None, *, where: str = "schema") -> EventBuilder:
+        """Interactions routes: the schema compiled into the PutEvents event builder — ``avro`` (the dataset's
+        schema text, fetched at start) or else the schema file; ConfigError when the route has neither."""
+        if avro is not None:
+            return EventBuilder(avro, where=where, session_id=self.session_id, timestamp_unit=self.timestamp_unit)
+        if self.schema_path is None:
+            raise ConfigError(f"routes[{self.topic}].schema is not set: the dataset's schema is fetched at start")
         return EventBuilder.load(self.schema_path, session_id=self.session_id, timestamp_unit=self.timestamp_unit)
 
 

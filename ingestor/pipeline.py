@@ -96,9 +96,11 @@ class Pipeline:
         registry: SchemaSource | None = None,
         wall_clock: Callable[[], float] = time.time,
         schemas: Mapping[str, DatasetSchema] | None = None,
+        events: Mapping[str, EventBuilder] | None = None,
     ) -> None:
         """``clock`` paces and times out; ``wall_clock`` (Unix time) is compared with Kafka timestamps; ``schemas``:
-        each topic's schema as resolved at start (ingestor.schema_source); default: the files."""
+        each topic's schema as resolved at start (ingestor.schema_source), ``events`` the interactions topics' event
+        builders; default: the files."""
         self.settings = settings
         self.metrics = metrics
         self.tracker = OffsetTracker()
@@ -130,9 +132,11 @@ class Pipeline:
                     _buffer(route, settings),
                     limiters[key],
                 )
-            events = route.event_builder() if route.kind == "interactions" else None
+            builder = None
+            if route.kind == "interactions":
+                builder = events[route.topic] if events is not None else route.event_builder()
             schema = schemas[route.topic] if schemas is not None else route.load_schema()
-            self._topics[route.topic] = _Topic(route, schema, ds, events)
+            self._topics[route.topic] = _Topic(route, schema, ds, builder)
         self.limiters = limiters
         self.datasets = list(datasets.values())
         self._hold = settings.personalize.on_fatal == "hold"

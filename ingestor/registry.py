@@ -125,7 +125,12 @@ class RegistryClient:
                 except json.JSONDecodeError:
                     payload = text
                 return resp.status, payload
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TimeoutError as exc:  # asyncio's (the total timeout) and aiohttp's ServerTimeoutError alike
+            raise RegistryUnavailable(
+                f"schema registry {self.base_url}: {method} {path} got no answer within "
+                f"{self.settings.request_timeout_s:g} s (schema_registry.request_timeout_s)"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise RegistryUnavailable(f"schema registry {self.base_url}: {type(exc).__name__}: {exc}") from exc
 
     async def schema(self, schema_id: int) -> RegisteredSchema:

@@ -24,6 +24,7 @@ from typing import Protocol
 from ingestor.config import Route, Settings
 from ingestor.control import LiveSchema
 from ingestor.errors import ConfigError, FatalRouteError, IngestorError
+from ingestor.events import EventBuilder
 from ingestor.schema import DatasetSchema, FieldSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ResolvedSchema:
     origin: str  # one line: where it came from and how it compares with the dataset's
     differences: tuple[str, ...] = ()
     live: DatasetSchema | None = None  # the dataset's schema as fetched at start (None: not reachable)
+    events: EventBuilder | None = None  # interactions routes: the PutEvents event builder of the schema used
 
 
 def _flags(spec: FieldSpec) -> str:
@@ -107,9 +109,8 @@ def _resolve(route: Route, index: int, fetched: LiveSchema | Exception | None) -
     setting = f"routes[{index}].schema"
     live_schema: DatasetSchema | None = None
     if isinstance(fetched, LiveSchema):
-        live_schema = DatasetSchema.from_avro(
-            fetched.avro, route.dataset_kind, where=f"the schema {fetched.schema_arn} of {route.dataset_arn}"
-        )
+        where = f"route {route.topic}: the schema {fetched.schema_arn} of {route.dataset_arn}"
+        live_schema = DatasetSchema.from_avro(fetched.avro, route.dataset_kind, where=where)
     if route.schema_path is None:
         if live_schema is None:
             why = "no control plane" if fetched is None else f"{type(fetched).__name__}: {fetched}"
@@ -126,19 +127,23 @@ def _resolve(route: Route, index: int, fetched: LiveSchema | Exception | None) -
             )
         assert isinstance(fetched, LiveSchema)
         origin = f"the dataset's schema {fetched.schema_arn} (fetched at start)"
-        return ResolvedSchema(live_schema, origin, (), live_schema)
+        events = route.event_builder(fetched.avro, where=where) if route.kind == "interactions" else None
+        return ResolvedSchema(live_schema, origin, (), live_schema, events)
     schema = route.load_schema()
+    events = route.event_builder() if route.kind == "interactions" else None
     if live_schema is None:
         why = "" if fetched is None else f": {type(fetched).__name__}: {fetched}"
-        return ResolvedSchema(schema, f"file {route.schema_path} (not compared: the control plane did not answer{why})")
+        origin = f"file {route.schema_path} (not compared: the control plane did not answer{why})"
+        return ResolvedSchema(schema, origin, events=events)
     diffs = tuple(schema_differences(schema, live_schema))
     if not diffs:
-        return ResolvedSchema(schema, f"file {route.schema_path} (the same as the dataset's)", (), live_schema)
+        return ResolvedSchema(schema, f"file {route.schema_path} (the same as the dataset's)", (), live_schema, events)
     return ResolvedSchema(
         schema,
         f"file {route.schema_path} (DIFFERS from the dataset's: {'; '.join(diffs)})",
         diffs,
         live_schema,
+        events,
     )
 
 

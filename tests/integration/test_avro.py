@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -28,12 +33,13 @@ from tests.integration.test_service import CONFIG, ITEMS_ARN, USERS_ARN, service
 pytestmark = pytest.mark.integration
 
 
-def avro_settings(bootstrap: str, endpoint: str, suffix: str) -> Any:
+def avro_settings(bootstrap: str, endpoint: str, suffix: str, **registry: Any) -> Any:
+    """Items with format avro, users with format auto; ``registry``: schema_registry keys over the defaults."""
     s = service_settings(
         bootstrap,
         endpoint,
         suffix,
-        schema_registry={"url": endpoint, "retry_base_delay_s": 0.1, "retry_max_delay_s": 0.5},
+        schema_registry={"url": endpoint, "retry_base_delay_s": 0.1, "retry_max_delay_s": 0.5, **registry},
     )
     # items: format avro; users: format auto (detects the magic byte)
     routes = [r.model_dump(by_alias=True) for r in s.routes]
@@ -148,3 +154,117 @@ async def test_registry_outage_mid_stream_records_wait_then_flow(broker, unique)
             }
         assert {p["age"] for p in (await emu.client.records(USERS_ARN)).values()} == {40}
         assert await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0) == []  # nothing dead-lettered
+
+
+class RegistryFront:
+    """A tiny registry in front of the local endpoint's: it records each request's Authorization header, answers
+    401 to a wrong one (``expect_auth``), and while ``hang`` is set accepts requests but never answers them."""
+
+    def __init__(self, upstream: str, expect_auth: str | None = None) -> None:
+        self.upstream = upstream
+        self.expect_auth = expect_auth
+        self.hang = False
+        self.auth_seen: list[str | None] = []
+        self.hung = 0  # requests accepted and never answered
+        self._closing = asyncio.Event()  # at exit: the hung handlers end (else the server waits for them)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> RegistryFront:
+        app = web.Application()
+        app.add_routes([web.get("/{path:.*}", self._handle)])
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        self._closing.set()
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.auth_seen.append(request.headers.get("Authorization"))
+        if self.hang:
+            self.hung += 1
+            await self._closing.wait()  # the connection is open, the answer never comes (the client gives up)
+            return web.Response(status=503)
+        if self.expect_auth is not None and request.headers.get("Authorization") != self.expect_auth:
+            return web.json_response({"error_code": 40101, "message": "Unauthorized"}, status=401)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.upstream}/{request.match_info['path']}") as answer,
+        ):
+            return web.Response(body=await answer.read(), status=answer.status, content_type=answer.content_type)
+
+
+def price_items(s: AvroSchemas, topic: str, price: float, n: int = 10) -> list[tuple[str, bytes, bytes]]:
+    rows = [{"ITEM_ID": f"i{i}", "PRICE": price, "CREATION_TIMESTAMP": 1_700_000_000_000 + i} for i in range(n)]
+    return [(topic, str(r["ITEM_ID"]).encode(), s.encode("items-v1", r)) for r in rows]
+
+
+async def test_basic_auth_password_from_a_mounted_file_reaches_the_registry(broker, unique, tmp_path: Path) -> None:
+    suffix = unique("avro-auth")
+    items, dlq = f"{ITEMS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 1, dlq: 1})
+    password = tmp_path / "registry-password"
+    password.write_text("s3cret-from-file\n")  # as a mounted secret: the trailing newline is not part of it
+    expected = "Basic " + base64.b64encode(b"ingestor:s3cret-from-file").decode()
+    config = EmulatorConfig.load(CONFIG / "emulator.yaml", quotas={"enabled": False})
+    async with running_emulator(config) as emu, RegistryFront(emu.url, expect_auth=expected) as front:
+        schemas = await register_avro_schemas(emu.url)
+        ends = await produce(broker.bootstrap_servers, price_items(schemas, items, 3.0))
+        settings = avro_settings(
+            broker.bootstrap_servers, emu.url, suffix, url=front.url,
+            basic_auth_user="ingestor", basic_auth_password_file=str(password),
+        )  # fmt: skip
+        assert settings.schema_registry.basic_auth_password is None  # the password is only in the file
+        service = Service(settings, registry=CollectorRegistry())
+        run = asyncio.create_task(service.run())
+        await run_until_committed(service, ends, run)
+        service.stop_requested.set()
+        assert await asyncio.wait_for(run, 30) == EXIT_OK
+        stored = await emu.client.records(ITEMS_ARN)
+    assert front.auth_seen and set(front.auth_seen) == {expected}  # every request carried the file's password
+    assert {stored[f"i{i}"]["price"] for i in range(10)} == {3.0}  # decoded with the fetched schema and delivered
+    assert await read_topic(broker.bootstrap_servers, dlq) == []
+
+
+async def test_a_registry_that_never_answers_times_out_and_records_wait_not_dead_lettered(
+    broker, unique, caplog
+) -> None:
+    suffix = unique("avro-hang")
+    items, dlq = f"{ITEMS_TOPIC}-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {items: 1, dlq: 1})
+    config = EmulatorConfig.load(CONFIG / "emulator.yaml", quotas={"enabled": False})
+    async with running_emulator(config) as emu, RegistryFront(emu.url) as front:
+        schemas = await register_avro_schemas(emu.url)
+        front.hang = True
+        tp = TopicPartition(items, 0)
+        ends = await produce(broker.bootstrap_servers, price_items(schemas, items, 4.0))
+        settings = avro_settings(broker.bootstrap_servers, emu.url, suffix, url=front.url, request_timeout_s=0.3)
+        service = Service(settings, registry=CollectorRegistry())
+        with caplog.at_level(logging.WARNING, logger="ingestor"):
+            run = asyncio.create_task(service.run())
+            await wait_until(lambda: front.hung >= 3 or run.done(), timeout=30, what="fetches to time out and retry")
+            assert not run.done(), run
+            pipeline = service.pipeline
+            assert pipeline is not None
+            await wait_until(lambda: pipeline.held.count == 10, timeout=10, what="the records to wait for the schema")
+            timed_out = [r.getMessage() for r in caplog.records if "got no answer within" in r.getMessage()]
+            assert timed_out, [r.getMessage() for r in caplog.records]
+            assert f"schema registry {front.url}" in timed_out[0]
+            assert "0.3 s (schema_registry.request_timeout_s)" in timed_out[0]
+            assert "schema registry" in (service.ready() or "")  # not ready while records wait
+            assert pipeline.tracker._committed.get(_ours(tp), 0) == 0  # waiting records are never committed
+            assert await read_topic(broker.bootstrap_servers, dlq) == []  # ... nor dead-lettered
+
+            front.hang = False  # the registry answers again: the waiting records flow
+            await run_until_committed(service, ends, run)
+            service.stop_requested.set()
+            assert await asyncio.wait_for(run, 30) == EXIT_OK
+        stored = await emu.client.records(ITEMS_ARN)
+    assert {stored[f"i{i}"]["price"] for i in range(10)} == {4.0}
+    assert await read_topic(broker.bootstrap_servers, dlq) == []

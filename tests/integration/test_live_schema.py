@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,8 +23,10 @@ from tests.integration.test_service import CONFIG, ITEMS_ARN
 pytestmark = pytest.mark.integration
 
 
-def settings_for(bootstrap: str, endpoint: str, suffix: str, schema: str | None) -> Settings:
-    route: dict[str, object] = {"topic": f"items-{suffix}", "kind": "items", "dataset_arn": ITEMS_ARN}
+def settings_for(
+    bootstrap: str, endpoint: str, suffix: str, schema: str | None, route: dict[str, object] | None = None
+) -> Settings:
+    route = route or {"topic": f"items-{suffix}", "kind": "items", "dataset_arn": ITEMS_ARN}
     if schema is not None:
         route["schema"] = schema
     return Settings(
@@ -141,3 +144,59 @@ async def test_a_drifted_schema_file_is_reported_at_start_and_on_a_burst_of_reje
         finally:
             service.stop_requested.set()
             assert await asyncio.wait_for(run, 30) == EXIT_OK
+
+
+INTERACTIONS_ARN = "arn:aws:personalize:us-east-1:123456789012:dataset/shop/INTERACTIONS"
+
+
+async def test_an_interactions_route_without_a_schema_file_uses_the_datasets_schema(broker, emulator, unique) -> None:
+    suffix = unique("live-ev")
+    topic, dlq = f"events-{suffix}", f"dlq-{suffix}"
+    await create_topics(broker.bootstrap_servers, {topic: 2, dlq: 1})
+    route = {"topic": topic, "kind": "interactions", "dataset_arn": INTERACTIONS_ARN, "tracking_id": "shop-tracking-id"}
+    settings = settings_for(broker.bootstrap_servers, emulator.url, suffix, schema=None, route=route)
+    assert settings.routes[0].schema_path is None
+
+    text = describe(settings, await check_schemas(settings))  # what `ingestor run --check-config` prints
+    assert "schema: the dataset's schema arn:aws:personalize:us-east-1:123456789012:schema/shop-INTERACTIONS" in text
+    assert "properties: DEVICE" in text  # the fetched schema's property field, compiled into the event builder
+
+    def event(i: int, **extra: object) -> bytes:
+        row = {"USER_ID": f"u{i}", "ITEM_ID": f"i{i}", "EVENT_TYPE": "click", "TIMESTAMP": 1_700_000_000 + i}
+        return json.dumps({**row, **extra}).encode()
+
+    valid = [(topic, f"u{i}".encode(), event(i, DEVICE="ios")) for i in range(6)]
+    no_timestamp = json.dumps({"USER_ID": "u90", "ITEM_ID": "i1", "EVENT_TYPE": "click"}).encode()
+    wrong_type = event(91, EVENT_VALUE="high")  # EVENT_VALUE is ["null", "float"] in the dataset's schema
+    unknown_field = event(92, COLOR="red")  # not in the dataset's schema
+    bad = [(topic, b"u90", no_timestamp), (topic, b"u91", wrong_type), (topic, b"u92", unknown_field)]
+    await produce(broker.bootstrap_servers, valid + bad)
+    service = Service(settings, registry=CollectorRegistry())
+    run = asyncio.create_task(service.run())
+    try:
+
+        async def stored() -> list[dict[str, Any]] | bool:
+            events = [e for e in await emulator.client.events(INTERACTIONS_ARN) if str(e["eventId"]).startswith(topic)]
+            return events if len(events) == len(valid) or run.done() else False
+
+        events = await wait_until(stored, timeout=60, what="the valid events in the endpoint's PutEvents store")
+        assert not run.done()
+        assert sorted(str(e["userId"]) for e in events) == [f"u{i}" for i in range(6)]
+        assert all(e.get("properties") == {"device": "ios"} for e in events)
+
+        async def dead_lettered() -> list[Any] | None:
+            records = await read_topic(broker.bootstrap_servers, dlq, idle_s=0.5)
+            return records if len(records) >= len(bad) else None
+
+        dead = await wait_until(dead_lettered, timeout=30, what="the three DLQ records")
+        assert sorted(r.key for r in dead) == [b"u90", b"u91", b"u92"]
+        reasons = {r.key: dict(r.headers)["ingestor.error.reason"] for r in dead}
+        assert {dict(r.headers)["ingestor.error.stage"] for r in dead} == {b"validate"}
+        assert (
+            b"TIMESTAMP" in reasons[b"u90"] and b"eventValue (float)" in reasons[b"u91"] and b"COLOR" in reasons[b"u92"]
+        )
+        stats = await emulator.client.stats()
+        assert stats["calls"]["PutEvents"]["invalid_input"] == 0  # the bad events cost no call
+    finally:
+        service.stop_requested.set()
+        assert await asyncio.wait_for(run, 30) == EXIT_OK

@@ -237,3 +237,18 @@ def test_an_interactions_route_does_not_take_avro() -> None:
     }
     with pytest.raises(ConfigError, match="interactions routes read JSON values"):
         Settings.load(None, routes=[route], schema_registry={"url": "http://127.0.0.1:1"})
+
+
+def test_an_interactions_route_may_leave_out_its_schema_file() -> None:
+    route = {
+        "topic": "shop.events",
+        "kind": "interactions",
+        "dataset_arn": "arn:aws:personalize:us-east-1:1:dataset/shop/INTERACTIONS",
+        "tracking_id": "tid",
+    }
+    (loaded,) = Settings.load(None, routes=[route]).routes
+    assert loaded.schema_path is None  # the dataset's schema is fetched at start (DescribeDataset → DescribeSchema)
+    with pytest.raises(ConfigError, match=r"routes\[shop.events\]\.schema is not set"):
+        loaded.event_builder()
+    avro = (CONFIG / "schemas/interactions.avsc").read_text()
+    assert [f.name for f in loaded.event_builder(avro).schema.fields] == ["DEVICE"]
