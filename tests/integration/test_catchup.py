@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import Counter
 from typing import Any
 
 import boto3
 import pytest
+import yaml
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -258,3 +260,45 @@ async def test_a_failed_import_sends_the_range_back_to_streaming(
     assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
     dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
     assert set(r.value for r in dead) == {e.value for e in expect.invalid}
+
+
+@pytest.mark.parametrize("broken", ["bucket", "control plane"])
+async def test_run_with_catch_up_fails_at_start_naming_the_key(
+    broker, start_emulator, s3_server, s3_bucket, unique, tmp_path, broken: str
+) -> None:
+    """`ingestor run` with bulk.catch_up_after_s > 0: a missing staging bucket or an unreachable control plane stops
+    it at start with exit code 2 and a message naming the key and its INGESTOR_ variable."""
+    from ingestor.broker import free_port
+    from tests.integration.test_import import config_dict
+
+    suffix = unique("cus")
+    emu = await start_emulator(imports={"s3_endpoint_url": s3_server.url})
+    config = config_dict(broker.bootstrap_servers, emu.url, s3_server.url, s3_bucket, suffix)
+    config["bulk"]["catch_up_after_s"] = 5
+    if broken == "bucket":
+        config["bulk"]["s3_uri"] = "s3://no-such-bucket-here/x/"
+        expected = ("bulk.s3_uri: the bucket no-such-bucket-here does not exist", "INGESTOR_BULK__S3_URI")
+    else:
+        config["personalize"]["control_endpoint_url"] = f"http://127.0.0.1:{free_port()}"
+        expected = (
+            "personalize.control_endpoint_url: the Personalize control plane does not answer",
+            "INGESTOR_PERSONALIZE__CONTROL_ENDPOINT_URL",
+        )
+    await create_topics(broker.bootstrap_servers, {config["routes"][0]["topic"]: 1, config["routes"][1]["topic"]: 1})
+    path = tmp_path / "ingestor.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ingestor.cli", "run", "--config", str(path)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    output = (out + err).decode()
+    assert proc.returncode == 2, output
+    assert all(text in output for text in expected), output
+    assert emu.service.imports.jobs == {}
