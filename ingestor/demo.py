@@ -857,7 +857,10 @@ def _after_import(parts: Parts) -> AfterImport:
 def _bulk_check(parts: Parts) -> Check:
     jobs = list(parts.emulator.service.imports.jobs.values())
     if not jobs:
-        return Check(False, "the backlog went through import jobs", ("no import job ran",))
+        limit = parts.settings.bulk.catch_up_after_s
+        reason = f"no import job ran: no backlog looked longer than {limit:g}s through the API"
+        hint = " (--no-quotas: it never does)" if not parts.options.quotas else ""
+        return Check(False, "the backlog went through import jobs", (reason + hint,))
     unfinished = [j for j in jobs if j.status is not JobStatus.ACTIVE]
     if unfinished:
         details = tuple(f"{j.name}: {j.status.value} {j.failure_reason or ''}".rstrip() for j in unfinished)
