@@ -38,6 +38,7 @@ class Snapshot:
     in_flight: int
     buffered: int  # fetched, not yet done
     lag: int  # produced, not yet committed
+    phase: str = ""  # e.g. the bulk path's state (demo --catch-up); empty: not shown
 
     @property
     def records_per_call(self) -> float:
@@ -51,12 +52,14 @@ def calls_per_second(now: Snapshot, before: Snapshot | None) -> float:
 
 
 def render_block(now: Snapshot, before: Snapshot | None) -> list[str]:
+    phase = [f"         {now.phase}"] if now.phase else []
     return [
         f"{now.at:6.1f}s  produced {now.produced:>6}/{now.planned:<6}  consumed {now.consumed:>6}   lag {now.lag:>6}",
         f"         sent     {now.sent:>6}         superseded {now.superseded:>6}"
         f"   dead-lettered {now.dead_lettered:>5}",
         f"         API {calls_per_second(now, before):5.1f} calls/s  {now.records_per_call:4.1f} records/call"
         f"   in-flight {now.in_flight:>3}   buffered {now.buffered:>6}",
+        *phase,
     ]
 
 
@@ -65,7 +68,7 @@ def render_line(now: Snapshot, before: Snapshot | None) -> str:
         f"[{now.at:6.1f}s] produced {now.produced}/{now.planned} consumed {now.consumed} sent {now.sent} "
         f"superseded {now.superseded} dead-lettered {now.dead_lettered} | "
         f"{calls_per_second(now, before):.1f} calls/s {now.records_per_call:.1f} records/call | "
-        f"in-flight {now.in_flight} buffered {now.buffered} lag {now.lag}"
+        f"in-flight {now.in_flight} buffered {now.buffered} lag {now.lag}" + (f" | {now.phase}" if now.phase else "")
     )
 
 
@@ -90,6 +93,12 @@ class Display:
         up = f"\x1b[{self._drawn}A" if self._drawn else ""
         self._write(up + "".join(f"\r{line}\x1b[K\n" for line in lines))
         self._drawn = len(lines)
+
+    def note(self, text: str) -> None:
+        """A line about an event (e.g. an import job finished), printed above the block, which is drawn again next."""
+        up = f"\x1b[{self._drawn}A\r\x1b[J" if self._tty and self._drawn else ""
+        self._write(f"{up}{text}\n")
+        self._drawn = 0
 
     def close(self) -> None:
         """Leave the last block on screen; what is printed next starts below it."""

@@ -497,12 +497,21 @@ class Importer:
         """Create the job, waiting while another import of the dataset runs (ResourceInUse / LimitExceeded).
 
         In auto mode the job history is read again right before each attempt: an import that became ACTIVE
-        meanwhile (another replica's) must make this one INCREMENTAL, or a FULL import would replace its rows."""
+        meanwhile (another replica's) must make this one INCREMENTAL, or a FULL import would replace its rows. While
+        another job of the dataset is still running, no attempt is made: it could turn ACTIVE between the listing and
+        the creation, and a FULL decided before it would then replace its rows."""
         assert self.jobs is not None
         role_arn = self.settings.bulk.role_arn or ""
         deadline = time.monotonic() + self.settings.bulk.job_timeout_s
         while True:
             earlier = await self.jobs.list_import_jobs(dataset_arn) if mode == "auto" else []
+            running = next((j for j in earlier if not j.status.finished and j.name != name), None)
+            if running is not None:
+                if time.monotonic() > deadline:
+                    raise ImportFailed(f"{dataset_arn}: could not start an import job: {running.name} still runs")
+                self.progress.update(f"{dataset_arn}: import job {running.name} runs; waiting to start {name}")
+                await self._sleep(self.settings.bulk.poll_interval_s)
+                continue
             import_mode = self._mode(mode, earlier)
             try:
                 arn = await self.jobs.create_import_job(name, dataset_arn, location, role_arn, import_mode)

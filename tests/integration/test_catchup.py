@@ -4,9 +4,14 @@ of the same ids arriving while the job runs are streamed only after it is ACTIVE
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections import Counter
+from typing import Any
 
+import boto3
 import pytest
+import yaml
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -101,17 +106,14 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
 async def test_two_replicas_catch_up_on_one_dataset(
     broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
 ) -> None:
+    """Both replicas join first (a stable assignment), then the backlog arrives: each replica switches its own
+    partitions of each dataset and imports them as its own job (the second of a dataset waits for the first, then
+    INCREMENTAL); the final state is exact."""
     monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
     suffix = unique("cu2")
     items, users, dlq = f"{ITEMS_TOPIC}-{suffix}", f"{USERS_TOPIC}-{suffix}", f"dlq-{suffix}"
     await create_topics(broker.bootstrap_servers, {items: 4, users: 2, dlq: 1})
     rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
-    expect = Expectation()
-    events = list(generate(5000, StreamSpec(items=500, users=150, bad_share=0.02, seed=31)))
-    for e in events:
-        expect.add(e)
-    last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
-    ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
     emu = await start_emulator(quotas={"enabled": True}, imports={"s3_endpoint_url": s3_server.url, "duration_s": 2.0})
     settings = service_settings(
         broker.bootstrap_servers,
@@ -125,9 +127,29 @@ async def test_two_replicas_catch_up_on_one_dataset(
             "poll_interval_s": 0.2,
         },
     )
+    everything = {Tp(items, p) for p in range(4)} | {Tp(users, p) for p in range(2)}
     services = [Service(settings, registry=CollectorRegistry()) for _ in range(2)]
     runs = [asyncio.create_task(s.run()) for s in services]
     try:
+
+        def assignments() -> list[set[Tp]]:
+            return [s.source.assignment() if s.source is not None else set() for s in services]
+
+        def shared_out() -> bool:  # both members in the group, each with its share (joins take seconds on Tansu)
+            a, b = assignments()
+            return any(r.done() for r in runs) or (bool(a) and bool(b) and not a & b and a | b == everything)
+
+        await wait_until(shared_out, timeout=120, what="both replicas to share the partitions")
+        assert not any(r.done() for r in runs)
+        owned = assignments()
+        # the backlog arrives once both replicas own their partitions: ≈ 3,250 item and 1,750 user changes over
+        # 2,000 + 800 ids, many seconds of calls for each replica's share (catch_up_after_s: 1)
+        expect = Expectation()
+        events = list(generate(5000, StreamSpec(items=2000, users=800, bad_share=0.02, seed=31)))
+        for e in events:
+            expect.add(e)
+        last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
+        ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
 
         def committed() -> dict[Tp, int]:
             out: dict[Tp, int] = {}
@@ -139,20 +161,43 @@ async def test_two_replicas_catch_up_on_one_dataset(
 
         await wait_until(
             lambda: any(r.done() for r in runs) or all(committed().get(tp) == off for tp, off in ends.items()),
-            timeout=150,
+            timeout=240,
             what="both replicas to commit the end of every partition",
         )
         assert not any(r.done() for r in runs)
+        assert assignments() == owned, "a rebalance happened: the shares below are not the ones imported"
     finally:
         for s in services:
             s.stop_requested.set()
-        assert await asyncio.wait_for(asyncio.gather(*runs), 40) == [EXIT_OK, EXIT_OK]
+        assert await asyncio.wait_for(asyncio.gather(*runs), 60) == [EXIT_OK, EXIT_OK]
 
     jobs = list(emu.service.imports.jobs.values())
     assert jobs and all(j.status == "ACTIVE" for j in jobs)
-    for arn in (ITEMS_ARN, USERS_ARN):
-        modes = [j.mode for j in jobs if j.dataset_arn == arn]  # in creation order
-        assert modes[1:] == ["INCREMENTAL"] * (len(modes) - 1)  # never a second FULL replacing a replica's rows
+    # Each replica finished import jobs of its own (one per dataset it owns partitions of)...
+    for s, mine in zip(services, owned, strict=True):
+        topics = {tp.topic for tp in mine}
+        assert s.bulk_metrics.jobs.labels("ACTIVE")._value.get() >= len(topics)
+        assert s.bulk_metrics.rows._value.get() > 0
+    # ... covering exactly its partitions: the manifest staged next to each job's CSV names the range's partitions.
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_server.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    )
+
+    def partitions_of(job: Any) -> frozenset[str]:
+        bucket, _, key = job.data_location.removeprefix("s3://").partition("/")
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{key.rsplit('/', 1)[0]}/manifest.json")["Body"].read())
+        assert manifest["job_name"] == job.name
+        return frozenset(manifest["start"])
+
+    for arn, topic in ((ITEMS_ARN, items), (USERS_ARN, users)):
+        of_dataset = [j for j in jobs if j.dataset_arn == arn]  # in creation order
+        covered = [partitions_of(j) for j in of_dataset]
+        shares = [frozenset(f"{tp.topic}/{tp.partition}" for tp in mine if tp.topic == topic) for mine in owned]
+        # every share imported, by a job of its own (a replica whose check cut the backlog while it was still being
+        # produced imports the rest as another job of the same share)
+        assert set(covered) == set(shares), (arn, covered, shares)
+        modes = [j.mode for j in of_dataset]
+        assert modes == ["FULL"] + ["INCREMENTAL"] * (len(modes) - 1)  # never a second FULL replacing the first's rows
     assert expect.mismatches(ITEMS_TOPIC, await emu.client.records(ITEMS_ARN)) == []
     assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
     dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
@@ -215,3 +260,45 @@ async def test_a_failed_import_sends_the_range_back_to_streaming(
     assert expect.mismatches(USERS_TOPIC, await emu.client.records(USERS_ARN)) == []
     dead = await read_topic(broker.bootstrap_servers, dlq, idle_s=1.0)
     assert set(r.value for r in dead) == {e.value for e in expect.invalid}
+
+
+@pytest.mark.parametrize("broken", ["bucket", "control plane"])
+async def test_run_with_catch_up_fails_at_start_naming_the_key(
+    broker, start_emulator, s3_server, s3_bucket, unique, tmp_path, broken: str
+) -> None:
+    """`ingestor run` with bulk.catch_up_after_s > 0: a missing staging bucket or an unreachable control plane stops
+    it at start with exit code 2 and a message naming the key and its INGESTOR_ variable."""
+    from ingestor.broker import free_port
+    from tests.integration.test_import import config_dict
+
+    suffix = unique("cus")
+    emu = await start_emulator(imports={"s3_endpoint_url": s3_server.url})
+    config = config_dict(broker.bootstrap_servers, emu.url, s3_server.url, s3_bucket, suffix)
+    config["bulk"]["catch_up_after_s"] = 5
+    if broken == "bucket":
+        config["bulk"]["s3_uri"] = "s3://no-such-bucket-here/x/"
+        expected = ("bulk.s3_uri: the bucket no-such-bucket-here does not exist", "INGESTOR_BULK__S3_URI")
+    else:
+        config["personalize"]["control_endpoint_url"] = f"http://127.0.0.1:{free_port()}"
+        expected = (
+            "personalize.control_endpoint_url: the Personalize control plane does not answer",
+            "INGESTOR_PERSONALIZE__CONTROL_ENDPOINT_URL",
+        )
+    await create_topics(broker.bootstrap_servers, {config["routes"][0]["topic"]: 1, config["routes"][1]["topic"]: 1})
+    path = tmp_path / "ingestor.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ingestor.cli", "run", "--config", str(path)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    output = (out + err).decode()
+    assert proc.returncode == 2, output
+    assert all(text in output for text in expected), output
+    assert emu.service.imports.jobs == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ingestor import demo
+from ingestor.bulk import catchup
 from ingestor.demo import Options, run_demo
 from ingestor.sample import ITEMS_TOPIC, Event, StreamSpec
 
@@ -77,12 +79,51 @@ async def test_an_outcome_other_than_expected_fails_the_proof(
     assert out.count("[PASS]") == 5
 
 
+async def test_catch_up_imports_the_backlog_then_streams_the_live_records(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """--catch-up, small and quick: the estimate, the import jobs, then the live stream (newer versions of the same
+    ids) going through PutItems/PutUsers after the jobs are ACTIVE; the proof covers the live records too."""
+    monkeypatch.setattr(catchup, "CHECK_INTERVAL_S", 0.5)
+    monkeypatch.setattr(demo, "CATCH_UP_AFTER_S", 5.0)  # ≈ 1,900 item and 1,100 user changes: 10-20 s of calls each
+    monkeypatch.setattr(demo, "CATCH_UP_JOB_S", 2.0)
+    monkeypatch.setattr(demo, "CATCH_UP_LIVE_AFTER_S", 2.0)
+    options = Options(records=3000, rate=50, catch_up=True, metrics_port=0)
+    with caplog.at_level(logging.INFO, logger="ingestor.bulk.catchup"):
+        code = await asyncio.wait_for(run_demo(options), 90)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ALL CHECKS PASSED" in out and "[FAIL]" not in out
+    assert "live stream of newer versions of the same ids at 50 records/s" in out
+    # the estimate of the streaming time, in the switch's one sentence
+    assert any(re.search(r"backlog ≈ .* records.* ≈ .* at 100 records/s > 5 s: importing offsets", r.getMessage())
+               for r in caplog.records), caplog.text  # fmt: skip
+    # the proof's own check: every job ACTIVE, then records sent through the API and ending as the newest per id
+    proof = re.search(
+        r"\[PASS\] (\d+) import job\(s\) ACTIVE, then streaming resumed: (\d+) records sent through PutItems/PutUsers "
+        r"after them; (\d+) ids end with one of those \((\d+) newer versions of ids in the backlog\)",
+        out,
+    )
+    assert proof is not None, out
+    jobs, records, ids, newer = (int(g) for g in proof.groups())
+    assert jobs >= 1 and records > 0 and ids > 0 and newer > 0
+    assert re.search(rf"after import +{records} records streamed through PutItems/PutUsers", out)
+    # visibly: the progress lines after the last job's ACTIVE line show the API sending more
+    lines = out.splitlines()
+    active = [i for i, line in enumerate(lines) if "ACTIVE: its rows are in; streaming resumes from the cut" in line]
+    assert active, out
+    sent = [(i, int(m[1])) for i, line in enumerate(lines) if (m := re.search(r"\] produced .* sent (\d+) ", line))]
+    before = [n for i, n in sent if i < active[-1]]
+    after = [n for i, n in sent if i > active[-1]]
+    assert after and after[-1] > (before[-1] if before else 0), out
+
+
 def test_help_documents_every_option() -> None:
     result = subprocess.run([*DEMO, "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     for option in (
         "--records", "--rate", "--bad-share", "--seed", "--no-quotas", "--fault-rate", "--throttle-rate",
-        "--keep-running", "--metrics-port", "--verbose", "--format",
+        "--keep-running", "--metrics-port", "--verbose", "--format", "--catch-up",
     ):  # fmt: skip
         assert option in result.stdout
     assert "Exit status" in result.stdout

@@ -223,3 +223,74 @@ async def test_missing_bucket_and_unreachable_control_plane_fail_at_start_naming
     with pytest.raises(ConfigError, match=r"personalize\.control_endpoint_url: the Personalize control plane does not"):
         await run_import(unreachable, [unreachable.routes[0]])
     assert s.jobs() == [] and all(v is None for v in (await s.committed()).values())
+
+
+async def cli_import(config: Path, *args: str) -> tuple[int, str]:
+    """``ingestor import --config CONFIG ARGS`` in a subprocess (not blocking the in-process endpoint): exit code and
+    stdout + stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ingestor.cli", "import", "--config", str(config), *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+def write_config(s: Scenario, tmp_path: Path) -> Path:
+    config = tmp_path / "ingestor.yaml"
+    config.write_text(yaml.safe_dump(s.config), encoding="utf-8")
+    return config
+
+
+async def test_cli_mode_flag_reaches_the_job(scenario: Scenario, tmp_path: Path) -> None:
+    """--mode incremental and --mode full go to the job's importMode as given, even where auto would choose the
+    other: INCREMENTAL as the first import is refused by the service (its error shown, nothing committed); FULL after
+    an import replaces every record imported before (what auto avoids)."""
+    s = scenario
+    config = write_config(s, tmp_path)
+    await s.produce(300, seed=11)
+
+    code, out = await cli_import(config, "--topic", s.items, "--mode", "incremental")
+    assert code == 1, out  # the service refused the job: not a CREATE FAILED (4)
+    assert "InvalidInputException" in out and "INCREMENTAL needs an earlier bulk import" in out, out
+    assert s.jobs() == [] and all(v is None for v in (await s.committed()).values())
+    assert await s.emulator.client.records(ITEMS_ARN) == {}
+
+    code, out = await cli_import(config, "--topic", s.items, "--mode", "full")
+    assert code == 0, out
+    assert [(j.mode, j.status) for j in s.jobs()] == [("FULL", "ACTIVE")]
+    assert s.expect.mismatches(ITEMS_TOPIC, await s.emulator.client.records(ITEMS_ARN)) == []
+
+    # auto would now choose INCREMENTAL; --mode full is FULL: only the new range's ids are left
+    batch = [e for e in generate(200, StreamSpec(items=150, users=60, bad_share=0.03, seed=12)) if e.expected]
+    await s.produce(200, seed=12)  # the same events: Scenario.produce generates them with this spec
+    code, out = await cli_import(config, "--topic", s.items, "--mode", "full")
+    assert code == 0, out
+    assert [(j.mode, j.status) for j in s.jobs()] == [("FULL", "ACTIVE"), ("FULL", "ACTIVE")]
+    records = await s.emulator.client.records(ITEMS_ARN)
+    assert set(records) == {e.record_id for e in batch if e.topic == ITEMS_TOPIC}
+    newest = Expectation(latest={ITEMS_TOPIC: {rid: s.expect.latest[ITEMS_TOPIC][rid] for rid in records}})
+    assert newest.mismatches(ITEMS_TOPIC, records) == []  # each the newest record of its id
+    committed = {tp: o for tp, o in (await s.committed()).items() if tp.topic == s.items}
+    assert committed == {tp: o for tp, o in s.ends.items() if tp.topic == s.items}
+
+
+async def test_cli_exits_4_on_a_failed_job_and_commits_nothing(scenario: Scenario, tmp_path: Path) -> None:
+    s = scenario
+    config = write_config(s, tmp_path)
+    await s.produce(300, seed=13)
+    await s.emulator.client.configure(imports={"max_full_bytes": 100})
+    code, out = await cli_import(config, "--topic", s.items)
+    assert code == 4, out
+    (job,) = s.jobs()
+    assert job.status == "CREATE FAILED" and job.failure_reason
+    assert f"job {job.name} CREATE FAILED: {job.failure_reason}" in out, out  # the service's reason, shown
+    assert all(v is None for v in (await s.committed()).values())
+    assert await s.emulator.client.records(ITEMS_ARN) == {}

@@ -152,3 +152,41 @@ def test_the_backlog_estimate_discounts_ids_superseded_in_the_buffer() -> None:
     assert share == pytest.approx(0.25)
     assert Backlog(4000, 100.0, share).seconds == pytest.approx(10.0)  # 1,000 calls' worth of records, not 4,000
     assert Backlog(4000, 100.0).seconds == pytest.approx(40.0)
+
+
+class _RacingJobs:
+    """Another replica's job of the dataset is IN_PROGRESS at the first listing and ACTIVE right after it: what a
+    create decided on that first listing would meet (no ResourceInUse any more)."""
+
+    def __init__(self) -> None:
+        self.listings = 0
+        self.created: list[tuple[str, ImportMode, int]] = []
+
+    async def list_import_jobs(self, dataset_arn: str) -> list[ImportJob]:
+        self.listings += 1
+        status = JobStatus.IN_PROGRESS if self.listings == 1 else JobStatus.ACTIVE
+        return [ImportJob("arn:job/other", "other", status, ImportMode.FULL)]
+
+    async def create_import_job(self, name: str, arn: str, location: str, role: str, mode: ImportMode) -> str:
+        self.created.append((name, mode, self.listings))
+        return "arn:job/mine"
+
+
+async def test_auto_mode_waits_for_a_running_job_before_choosing_full() -> None:
+    """A FULL import decided while another job of the dataset ran would replace that job's rows if it turned ACTIVE
+    before the creation: the importer waits for it to finish, then chooses (INCREMENTAL after an ACTIVE one)."""
+    from ingestor.bulk.importer import Importer, Progress
+    from ingestor.config import Settings
+
+    route = {"topic": "t", "kind": "items", "dataset_arn": ITEMS_ARN, "schema": str(CONFIG / "schemas/items.avsc")}
+    bulk = {"s3_uri": "s3://bucket/p/", "role_arn": "arn:aws:iam::123456789012:role/P", "poll_interval_s": 0.1}
+    settings = Settings.load(None, routes=[route], bulk=bulk)
+    jobs, slept = _RacingJobs(), []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    importer = Importer(settings, None, jobs, None, None, progress=Progress(io.StringIO(), tty=False), sleep=sleep)
+    job = await importer._create(ITEMS_ARN, "mine", "s3://bucket/p/mine/items.csv", "auto")
+    assert jobs.created == [("mine", ImportMode.INCREMENTAL, 2)]  # decided on the listing after the other finished
+    assert job.mode is ImportMode.INCREMENTAL and slept == [0.1]
