@@ -179,7 +179,7 @@ async def test_two_replicas_catch_up_on_one_dataset(
     for s, mine in zip(services, owned, strict=True):
         topics = {tp.topic for tp in mine}
         assert rebalanced or s.bulk_metrics.jobs.labels("ACTIVE")._value.get() >= len(topics)
-        assert s.bulk_metrics.rows._value.get() > 0
+        assert rebalanced or s.bulk_metrics.rows._value.get() > 0
     # ... covering exactly its partitions: the manifest staged next to each job's CSV names the range's partitions.
     s3 = boto3.client(
         "s3", endpoint_url=s3_server.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
