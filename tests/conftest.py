@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,6 +51,23 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(interval)
+
+
+async def run_cli(*args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """``ingestor ARGS`` in a subprocess (never blocking an in-process endpoint): exit code and stdout + stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ingestor.cli", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
 
 
 # ---------------------------------------------------------------------- the local Personalize Events endpoint

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections import Counter
 from typing import Any
 
@@ -20,7 +19,7 @@ from ingestor.bulk import catchup
 from ingestor.kafka_tools import create_topics, produce, read_topic
 from ingestor.model import TopicPartition as Tp
 from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Expectation, StreamSpec, generate
-from tests.conftest import wait_until
+from tests.conftest import run_cli, wait_until
 from tests.integration.test_service import ITEMS_ARN, USERS_ARN, service_settings
 
 pytestmark = pytest.mark.integration
@@ -289,18 +288,7 @@ async def test_run_with_catch_up_fails_at_start_naming_the_key(
     await create_topics(broker.bootstrap_servers, {config["routes"][0]["topic"]: 1, config["routes"][1]["topic"]: 1})
     path = tmp_path / "ingestor.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "ingestor.cli", "run", "--config", str(path)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    output = (out + err).decode()
-    assert proc.returncode == 2, output
+    code, output = await run_cli("run", "--config", str(path))
+    assert code == 2, output
     assert all(text in output for text in expected), output
     assert emu.service.imports.jobs == {}

@@ -18,7 +18,7 @@ from ingestor.control import ImportMode
 from ingestor.deadletter import H_STAGE
 from ingestor.kafka_tools import create_topics, produce, read_topic
 from ingestor.sample import ITEMS_TOPIC, USERS_TOPIC, Expectation, StreamSpec, generate
-from tests.conftest import wait_until
+from tests.conftest import run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -228,19 +228,7 @@ async def test_missing_bucket_and_unreachable_control_plane_fail_at_start_naming
 async def cli_import(config: Path, *args: str) -> tuple[int, str]:
     """``ingestor import --config CONFIG ARGS`` in a subprocess (not blocking the in-process endpoint): exit code and
     stdout + stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "ingestor.cli", "import", "--config", str(config), *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
+    return await run_cli("import", "--config", str(config), *args)
 
 
 def write_config(s: Scenario, tmp_path: Path) -> Path:
