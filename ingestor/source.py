@@ -34,7 +34,7 @@ from ingestor.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-RESUME_BELOW = 0.75  # resume paused partitions once buffered records fall below this share of the limit
+RESUME_BELOW = 0.75  # partitions held back are read again once their records fall below this share of the limit
 MIN_FAIR_SHARE = 50  # records a partition may always buffer, however many partitions share the bound
 FAIR_FILL = 0.75  # the partitions' fair shares add up to this much of the bound (the rest absorbs one fetch each)
 FETCH_SHARE = 4  # one getmany takes at most a quarter of a fair share
@@ -97,8 +97,8 @@ class KafkaSource:
         self.held: set[TopicPartition] = set()  # paused by the bulk catch-up until its import job finishes
         self.on_assigned_hooks: list[Callable[[set[TopicPartition]], None]] = []
         self.on_revoked_hooks: list[Callable[[set[TopicPartition]], Awaitable[None]]] = []
-        self._full = False  # paused at the bound, until buffered falls below RESUME_BELOW of it
-        self._over: set[TopicPartition] = set()  # paused at their fair share of the bound
+        self._full = False  # at the bound: nothing read until buffered falls below RESUME_BELOW of it
+        self._over: set[TopicPartition] = set()  # at their fair share of the bound: not read
         self._fair = settings.batching.max_buffered_records  # one partition's fair share of the bound
         self._readable: set[TopicPartition] = set()  # what the next getmany reads (none assigned: every partition)
         self._keepalive_s = k.max_poll_interval_ms / 1000 / KEEPALIVE_SHARE
@@ -230,11 +230,10 @@ class KafkaSource:
         """Partitions holding their fair share of the bound (``FAIR_FILL`` of ``limit`` ÷ assigned partitions) or
         more: not read until they fall below ``RESUME_BELOW`` of it. Without this the partitions that happen to fetch
         first fill the whole bound and the others — other datasets, other dataset groups — get nothing until it
-        drains (starvation). They are left out of ``getmany`` rather than paused: a pause drops aiokafka's prefetched
-        data, and refetching it on every resume cost more CPU than the records themselves. The shares leave a quarter
-        of the bound free, so partitions at their shares (plus one capped fetch each) do not reach it: reaching it
-        pauses every partition, and the refetch after it left some datasets with nothing to send (20 dataset groups
-        got 84-99 % of their quotas instead of 99 %)."""
+        drains (starvation). They are left out of ``getmany`` (see the module docstring for why not paused). The
+        shares leave a quarter of the bound free, so partitions at their shares (plus one capped fetch each) do not
+        reach it: reaching it stops reading every partition, which left some datasets with nothing to send for a
+        while (20 dataset groups got 84-99 % of their quotas instead of 99 %)."""
         fair = self._fair = max(MIN_FAIR_SHARE, int(limit * FAIR_FILL) // max(1, len(assigned)))
         over = {
             tp
@@ -336,7 +335,6 @@ class KafkaSource:
         # buffered (of partitions kept across the rebalance) hold the bound.
         self._full = self._full and self.pipeline.buffered > 0
         self._over &= assigned
-        self._readable &= assigned
         self._paused = set()
         self.held &= assigned
         if self.held:

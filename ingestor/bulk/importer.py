@@ -503,14 +503,18 @@ class Importer:
         assert self.jobs is not None
         role_arn = self.settings.bulk.role_arn or ""
         deadline = time.monotonic() + self.settings.bulk.job_timeout_s
+
+        async def wait_busy(why: str, cause: Exception | None = None) -> None:
+            if time.monotonic() > deadline:
+                raise ImportFailed(f"{dataset_arn}: could not start an import job: {why}") from cause
+            self.progress.update(f"{dataset_arn}: {why}; waiting to start {name}")
+            await self._sleep(self.settings.bulk.poll_interval_s)
+
         while True:
             earlier = await self.jobs.list_import_jobs(dataset_arn) if mode == "auto" else []
             running = next((j for j in earlier if not j.status.finished and j.name != name), None)
             if running is not None:
-                if time.monotonic() > deadline:
-                    raise ImportFailed(f"{dataset_arn}: could not start an import job: {running.name} still runs")
-                self.progress.update(f"{dataset_arn}: import job {running.name} runs; waiting to start {name}")
-                await self._sleep(self.settings.bulk.poll_interval_s)
+                await wait_busy(f"import job {running.name} still runs")
                 continue
             import_mode = self._mode(mode, earlier)
             try:
@@ -524,10 +528,7 @@ class Importer:
                     raise
                 return job
             except ImportBusy as exc:
-                if time.monotonic() > deadline:
-                    raise ImportFailed(f"{dataset_arn}: could not start an import job: {exc}") from exc
-                self.progress.update(f"{dataset_arn}: another import runs ({exc}); waiting to start {name}")
-                await self._sleep(self.settings.bulk.poll_interval_s)
+                await wait_busy(f"another import runs ({exc})", exc)
 
     async def _wait(self, dataset_arn: str, job: ImportJob) -> ImportJob:
         assert self.jobs is not None

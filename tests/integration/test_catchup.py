@@ -27,6 +27,17 @@ pytestmark = pytest.mark.integration
 ROLE = "arn:aws:iam::123456789012:role/PersonalizeS3"
 
 
+async def send_stream(
+    bootstrap: str, rename: dict[str, str], expect: Expectation, count: int, spec: StreamSpec
+) -> dict[TopicPartition, int]:
+    """Produce ``count`` events of ``spec`` (topics renamed), each in ``expect``; the next offset by partition."""
+    events = list(generate(count, spec))
+    for e in events:
+        expect.add(e)
+    last = await produce(bootstrap, [(rename[e.topic], e.key, e.value) for e in events])
+    return {tp: off + 1 for tp, off in last.items()}
+
+
 async def test_backlog_switches_to_an_import_and_newer_records_win(
     broker, start_emulator, s3_server, s3_bucket, unique, monkeypatch
 ) -> None:
@@ -39,12 +50,9 @@ async def test_backlog_switches_to_an_import_and_newer_records_win(
     ends: dict[TopicPartition, int] = {}
 
     async def send(count: int, seed: int) -> None:
-        events = list(generate(count, StreamSpec(items=2000, users=800, bad_share=0.02, seed=seed)))
-        for e in events:
-            expect.add(e)
-        last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
-        for tp, off in last.items():
-            ends[tp] = max(ends.get(tp, 0), off + 1)
+        spec = StreamSpec(items=2000, users=800, bad_share=0.02, seed=seed)
+        for tp, end in (await send_stream(broker.bootstrap_servers, rename, expect, count, spec)).items():
+            ends[tp] = max(ends.get(tp, 0), end)
 
     # ≈ 2,600 item and 1,400 user changes over 2,000 + 800 ids: ≈ 15 s of calls per dataset, more than the 5 s allowed;
     # the 600 newer ones below stay under it (no second switch)
@@ -144,11 +152,9 @@ async def test_two_replicas_catch_up_on_one_dataset(
         # the backlog arrives once both replicas own their partitions: ≈ 3,250 item and 1,750 user changes over
         # 2,000 + 800 ids, many seconds of calls for each replica's share (catch_up_after_s: 1)
         expect = Expectation()
-        events = list(generate(5000, StreamSpec(items=2000, users=800, bad_share=0.02, seed=31)))
-        for e in events:
-            expect.add(e)
-        last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
-        ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
+        spec = StreamSpec(items=2000, users=800, bad_share=0.02, seed=31)
+        sent = await send_stream(broker.bootstrap_servers, rename, expect, 5000, spec)
+        ends = {Tp(tp.topic, tp.partition): end for tp, end in sent.items()}
 
         def committed() -> dict[Tp, int]:
             out: dict[Tp, int] = {}
@@ -216,11 +222,9 @@ async def test_a_failed_import_sends_the_range_back_to_streaming(
     await create_topics(broker.bootstrap_servers, {items: 2, users: 1, dlq: 1})
     rename = {ITEMS_TOPIC: items, USERS_TOPIC: users}
     expect = Expectation()
-    events = list(generate(900, StreamSpec(items=200, users=60, bad_share=0.02, seed=41)))
-    for e in events:
-        expect.add(e)
-    last = await produce(broker.bootstrap_servers, [(rename[e.topic], e.key, e.value) for e in events])
-    ends = {Tp(tp.topic, tp.partition): off + 1 for tp, off in last.items()}
+    spec = StreamSpec(items=200, users=60, bad_share=0.02, seed=41)
+    sent = await send_stream(broker.bootstrap_servers, rename, expect, 900, spec)
+    ends = {Tp(tp.topic, tp.partition): end for tp, end in sent.items()}
     emu = await start_emulator(
         quotas={"enabled": True},
         imports={"s3_endpoint_url": s3_server.url, "duration_s": 0.5, "max_full_bytes": 10},  # every job fails
